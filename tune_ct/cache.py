@@ -1,0 +1,121 @@
+"""Stage 3: decoded images cached as one uint8 memory-mapped array per (subset, image size).
+
+Trials never decode PNGs: they memory-map ``images.u8`` (N x S x S) and read ``index.json``. A cache is keyed
+by the exact list of files, their pixel hashes, labels and splits, and the image size, so any change to the
+data gives a new key. It is built in a temporary folder and renamed into place, under a file lock, so a crash
+never leaves half a cache and several trials asking at once end with one good cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tune_ct.files import CLASSES, decode_file, resize
+
+SUBSET_VERSION = 1
+
+
+@dataclass
+class CachedImages:
+    """A read-only view of one cache: pixels[i] is the image of files[i], with labels[i] and splits[i]."""
+
+    path: Path
+    pixels: np.ndarray  # uint8 memmap, N x S x S
+    files: list[str]
+    labels: np.ndarray  # int64 class indices into CLASSES
+    splits: list[str]
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.array([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
+
+
+def write_subset(path: Path, data_root: Path, entries, manifest_hash: str) -> dict:
+    """The list of files a trial may read (never the test split), as a small JSON file trials receive."""
+    subset = {
+        "version": SUBSET_VERSION,
+        "data_root": str(data_root),
+        "manifest_hash": manifest_hash,
+        "files": [[e.file, e.label, e.split, e.sha] for e in entries],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(subset, fh)
+    os.replace(tmp, path)
+    return subset
+
+
+def read_subset(path: Path) -> dict:
+    subset = json.loads(Path(path).read_text())
+    if subset.get("version") != SUBSET_VERSION:
+        raise ValueError(f"subset file {path} has version {subset.get('version')}, expected {SUBSET_VERSION}")
+    return subset
+
+
+def cache_key(files: list[list[str]], size: int) -> str:
+    digest = hashlib.sha256(f"size={size}\n".encode())
+    for file, label, split, sha in files:
+        digest.update(f"{file}\0{label}\0{split}\0{sha}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _open(folder: Path) -> CachedImages:
+    index = json.loads((folder / "index.json").read_text())
+    n, size = len(index["files"]), index["size"]
+    pixels = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(n, size, size))
+    labels = np.array([CLASSES.index(label) for label in index["labels"]], dtype=np.int64)
+    return CachedImages(folder, pixels, index["files"], labels, index["splits"])
+
+
+def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, workers: int) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".building-"))
+    try:
+        out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(len(files), size, size))
+
+        def fill(i: int) -> None:
+            image, _ = decode_file(data_root / files[i][0])
+            out[i] = resize(image, size)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(fill, range(len(files)), chunksize=32))
+        out.flush()
+        del out
+        index = {
+            "size": size,
+            "files": [f[0] for f in files],
+            "labels": [f[1] for f in files],
+            "splits": [f[2] for f in files],
+            "build_seconds": round(time.monotonic() - started, 3),
+        }
+        (tmp / "index.json").write_text(json.dumps(index))
+        os.replace(tmp, folder)  # atomic: readers see no cache or a whole one
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def open_or_build(subset_path: Path, size: int, cache_root: Path, workers: int | None = None) -> CachedImages:
+    """Open the cache for this subset and size, building it first if no process has yet."""
+    subset = read_subset(subset_path)
+    files = subset["files"]
+    cache_root = Path(cache_root)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    folder = cache_root / f"{cache_key(files, size)}-{size}px"
+    if (folder / "index.json").exists():
+        return _open(folder)
+    with open(cache_root / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the second builder waits here, then finds the cache ready
+        if not (folder / "index.json").exists():
+            _build(folder, Path(subset["data_root"]), files, size, workers or os.cpu_count() or 1)
+    return _open(folder)

@@ -1,0 +1,343 @@
+"""Stage 2: the manifest. Every image's pixel hash, duplicate group, origin and split, with a locked test split.
+
+The manifest is a JSON file. Re-running on the same data gives the same split; new images are assigned
+without moving any existing test image; a test image that changed or disappeared is reported loudly.
+Duplicate groups (pixel-identical, or perceptually near-identical) are assigned to one split as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from tune_ct.files import CLASSES, DataError, RejectedImage, decode_file, scan
+
+MANIFEST_VERSION = 1
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
+# Hamming distance between 256-bit DCT perceptual hashes (imagehash.phash, hash_size=16) at or under which two
+# images are one group. Measured on the shared set (BENCHMARKS.md, "near-duplicate threshold"): JPEG re-encoded,
+# resized and brightness/contrast-shifted copies of real films differ by at most 16 bits; pairs from different
+# classes (which cannot be the same film) differ by at least 44. The 64-bit hash cannot separate them: chest
+# films are so alike at 8x8 that 1,188 cross-class pairs sat within 6 bits.
+PHASH_SIZE = 16
+NEAR_DUPLICATE_BITS = 28
+
+
+@dataclass
+class Entry:
+    file: str  # relative to the dataset root, POSIX separators
+    label: str
+    sha: str  # sha256 of the decoded pixels and shape: re-encoded copies match
+    phash: str  # 256-bit perceptual hash, hex
+    size: int
+    mtime_ns: int
+    conversion: str | None = None
+    origin: str = "unknown"
+    group: int = -1
+    split: str = ""
+
+
+@dataclass
+class Manifest:
+    data_root: str
+    seed: int
+    fractions: dict[str, float]
+    entries: list[Entry]
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    near_duplicate_bits: int = NEAR_DUPLICATE_BITS
+    created: str = ""
+    updated: str = ""
+
+    @property
+    def hash(self) -> str:
+        """Identity of the data a model sees: files, pixels, labels and splits (not timestamps)."""
+        digest = hashlib.sha256()
+        for e in sorted(self.entries, key=lambda e: e.file):
+            digest.update(f"{e.file}\0{e.sha}\0{e.label}\0{e.split}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def in_split(self, *splits: str) -> list[Entry]:
+        return [e for e in self.entries if e.split in splits]
+
+
+@dataclass
+class LockReport:
+    """What happened to the locked split on this run; test_missing / test_changed are loud warnings."""
+
+    new_files: int = 0
+    test_missing: list[str] = field(default_factory=list)
+    test_changed: list[str] = field(default_factory=list)
+    moved: list[dict[str, str]] = field(default_factory=list)  # {file, from, to}: a group joined a test group
+
+
+def _pixel_digest(path: Path) -> tuple[str, str, str | None]:
+    pixels, conversion = decode_file(path)
+    sha = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+    phash = str(imagehash.phash(Image.fromarray(pixels), hash_size=PHASH_SIZE))
+    return sha, phash, conversion
+
+
+def read_sources(path: Path | None) -> dict[str, str]:
+    """file -> origin from a CSV with `file` and `origin` columns (as shared/data/sources.csv)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"sources file {path} does not exist")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"file", "origin"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"sources file {path} lacks column(s) {', '.join(sorted(missing))}: it needs `file` and `origin`")
+        return {row["file"].strip(): row["origin"].strip() or "unknown" for row in reader}
+
+
+def load(path: Path) -> Manifest:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"manifest {path} does not exist: build it with `python -m tune_ct.data --data DIR`") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"manifest {path} is not valid JSON ({exc}); delete it to rebuild (this unlocks the test split)") from exc
+    if raw.get("version") != MANIFEST_VERSION:
+        raise DataError(f"manifest {path} has version {raw.get('version')}, expected {MANIFEST_VERSION}")
+    entries = [Entry(**e) for e in raw.pop("entries")]
+    raw.pop("version")
+    raw.pop("hash", None)
+    raw.pop("counts", None)
+    return Manifest(entries=entries, **raw)
+
+
+def save(manifest: Manifest, path: Path) -> None:
+    """Write atomically: a crash leaves the old manifest, never half a new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = asdict(manifest)
+    body = {"version": MANIFEST_VERSION, "hash": manifest.hash, "counts": split_counts(manifest), **body}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(body, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def split_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {s: {c: 0 for c in CLASSES} for s in SPLITS}
+    for e in manifest.entries:
+        counts[e.split][e.label] += 1
+    return counts
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def near_pairs(phashes: list[str], max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
+    """All pairs (i < j) whose perceptual hashes differ in at most max_bits bits."""
+    # Hex hashes -> rows of uint64 words, so XOR + popcount runs vectorised over all pairs.
+    h = np.array([np.frombuffer(bytes.fromhex(p), dtype=">u8") for p in phashes]).astype(np.uint64)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(h), chunk):
+        block = h[start : start + chunk]
+        dist = np.bitwise_count(block[:, None, :] ^ h[None, :, :]).sum(axis=2, dtype=np.int32)
+        rows, cols = np.nonzero(dist <= max_bits)
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            if start + r < c:
+                pairs.append((start + r, c))
+    return pairs
+
+
+def group_duplicates(entries: list[Entry], max_bits: int) -> list[list[int]]:
+    """Connected components of 'same pixels' or 'near-identical perceptual hash'; singletons included."""
+    uf = _UnionFind(len(entries))
+    first_by_sha: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        if e.sha in first_by_sha:
+            uf.union(first_by_sha[e.sha], i)
+        else:
+            first_by_sha[e.sha] = i
+    for a, b in near_pairs([e.phash for e in entries], max_bits):
+        uf.union(a, b)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(entries)):
+        members[uf.find(i)].append(i)
+    return sorted(members.values(), key=lambda m: m[0])
+
+
+def _seeded_key(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def assign_splits(entries: list[Entry], groups: list[list[int]], previous: dict[str, Entry], seed: int,
+                  fractions: dict[str, float], report: LockReport) -> None:
+    """Give every group one split. Locked files keep theirs; a group touching the test split goes to test."""
+    new_groups: list[list[int]] = []
+    for g in groups:
+        before = {previous[entries[i].file].split for i in g if entries[i].file in previous}
+        if not before:
+            new_groups.append(g)
+            continue
+        split = "test" if "test" in before else "val" if "val" in before else "train"
+        for i in g:
+            old = previous.get(entries[i].file)
+            if old is not None and old.split != split:
+                report.moved.append({"file": entries[i].file, "from": old.split, "to": split})
+            entries[i].split = split
+
+    # Stratify new groups by (class, origin) so every split sees every source of every class.
+    def stratum(g: list[int]) -> tuple[str, str]:
+        return Counter((entries[i].label, entries[i].origin) for i in g).most_common(1)[0][0]
+
+    counts: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    totals: Counter = Counter()
+    for e in entries:
+        totals[(e.label, e.origin)] += 1
+        if e.split:
+            counts[(e.label, e.origin)][e.split] += 1
+    # Large groups first so they cannot unbalance a split at the end; then a seeded, order-free shuffle.
+    new_groups.sort(key=lambda g: (-len(g), _seeded_key(seed, min(entries[i].sha for i in g))))
+    for g in new_groups:
+        key = stratum(g)
+        have = counts[key]
+        deficit = {s: fractions[s] * totals[key] - have[s] for s in ("test", "val", "train")}
+        split = max(deficit, key=lambda s: deficit[s])  # ties resolve to test, then val
+        for i in g:
+            entries[i].split = split
+        have[split] += len(g)
+
+
+def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: int = 0,
+          fractions: dict[str, float] | None = None, near_bits: int = NEAR_DUPLICATE_BITS,
+          workers: int | None = None, log=print) -> tuple[Manifest, LockReport]:
+    """Scan root, hash every image (re-using hashes of unchanged files), group duplicates, assign splits."""
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if abs(sum(fractions.values()) - 1.0) > 1e-6 or set(fractions) != set(SPLITS):
+        raise DataError(f"split fractions {fractions} must give train, val and test summing to 1")
+    found = scan(root)
+    origins = read_sources(sources)
+    previous_manifest = load(manifest_path) if Path(manifest_path).exists() else None
+    previous = {e.file: e for e in previous_manifest.entries} if previous_manifest else {}
+    if previous_manifest is not None:
+        seed, fractions = previous_manifest.seed, previous_manifest.fractions  # the lock includes its recipe
+
+    report = LockReport()
+    entries: list[Entry] = []
+    rejected: list[dict[str, str]] = []
+    todo: list[tuple[str, str, os.stat_result]] = []
+    for rel, label in found.images:
+        st = (root / rel).stat()
+        old = previous.get(rel)
+        if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns and old.label == label:
+            entries.append(Entry(**{**asdict(old), "origin": origins.get(rel, old.origin), "group": -1, "split": ""}))
+        else:
+            todo.append((rel, label, st))
+
+    def digest(item):
+        rel, label, st = item
+        try:
+            sha, phash, conversion = _pixel_digest(root / rel)
+        except RejectedImage as exc:
+            return None, {"file": rel, "reason": str(exc)}
+        except OSError as exc:
+            return None, {"file": rel, "reason": f"cannot read file: {exc}"}
+        return Entry(rel, label, sha, phash, st.st_size, st.st_mtime_ns, conversion, origins.get(rel, "unknown")), None
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for entry, reject in pool.map(digest, todo, chunksize=64):
+            if entry is not None:
+                entries.append(entry)
+            else:
+                rejected.append(reject)
+    if todo:
+        log(f"hashed {len(todo)} image(s) in {time.monotonic() - started:.1f}s ({len(entries)} usable in total)")
+
+    present = {e.file: e for e in entries}
+    for file, old in previous.items():
+        if old.split != "test":
+            continue
+        if file not in present:
+            report.test_missing.append(file)
+        elif present[file].sha != old.sha:
+            report.test_changed.append(file)
+    report.new_files = sum(1 for e in entries if e.file not in previous)
+    if not entries:
+        raise DataError(f"no readable images in {root}: all {len(rejected)} candidate files were rejected")
+    empty = [c for c in CLASSES if not any(e.label == c for e in entries)]
+    if empty:
+        raise DataError(f"no readable images for class(es) {', '.join(empty)} in {root}")
+
+    entries.sort(key=lambda e: e.file)
+    groups = group_duplicates(entries, near_bits)
+    for gid, members in enumerate(groups):
+        for i in members:
+            entries[i].group = gid
+    assign_splits(entries, groups, previous, seed, fractions, report)
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest = Manifest(
+        data_root=str(root), seed=seed, fractions=fractions, entries=entries, rejected=rejected,
+        ignored=found.ignored, near_duplicate_bits=near_bits,
+        created=previous_manifest.created if previous_manifest else now, updated=now,
+    )
+    save(manifest, manifest_path)
+    if report.test_missing or report.test_changed:
+        print(
+            f"WARNING: the locked test split changed under {root}: {len(report.test_missing)} test image(s) "
+            f"disappeared, {len(report.test_changed)} changed content. Results are no longer comparable with "
+            f"earlier runs on this manifest ({manifest_path}). Files: "
+            + ", ".join((report.test_missing + report.test_changed)[:10]),
+            file=sys.stderr,
+        )
+    return manifest, report
+
+
+def duplicate_groups(manifest: Manifest) -> list[list[Entry]]:
+    by_group: dict[int, list[Entry]] = defaultdict(list)
+    for e in manifest.entries:
+        by_group[e.group].append(e)
+    return [g for _, g in sorted(by_group.items()) if len(g) > 1]
+
+
+def limit_per_class(entries: list[Entry], per_class: int, seed: int) -> list[Entry]:
+    """A deterministic sample of per_class images per class for smoke runs. It draws from each locked split in
+    proportion, so a sample never moves an image across splits and every split keeps every class."""
+    chosen: list[Entry] = []
+    for label in CLASSES:
+        of_class = [e for e in entries if e.label == label]
+        by_split = {s: sorted((e for e in of_class if e.split == s), key=lambda e: _seeded_key(seed, e.sha + e.file))
+                    for s in SPLITS}
+        total = len(of_class)
+        if total == 0:
+            continue
+        take = {s: max(1 if by_split[s] else 0, round(per_class * len(by_split[s]) / total)) for s in SPLITS}
+        for s in SPLITS:
+            chosen.extend(by_split[s][: take[s]])
+    return sorted(chosen, key=lambda e: e.file)

@@ -1,0 +1,213 @@
+"""Search spaces: YAML files in search_spaces/, validated before any compute, turned into a Ray Tune space.
+
+A space file has two sections::
+
+    search:                      # how to search (all optional, defaults below)
+      metric: val_macro_f1
+      num_samples: 8
+      max_concurrent: 2
+      grace_period: 1            # ASHA: epochs every trial gets before it can be stopped
+      reduction_factor: 2        # ASHA: keep the top 1/rf at each rung
+      workers_per_trial: 1       # Ray Train workers (DDP when > 1)
+      cpus_per_worker: 1
+      gpus_per_worker: 0         # 0: CPU; 1: one GPU per worker (needs GPUs in the cluster)
+    params:                      # what to search: a fixed value, or one distribution
+      backbone: {choice: [baseline_cnn, resnet18]}
+      lr: {loguniform: [1.0e-4, 3.0e-3]}
+      epochs: 3
+
+Distributions: ``choice: [a, b, ...]``, ``uniform: [low, high]``, ``loguniform: [low, high]`` (low > 0),
+``randint: [low, high]`` (both ends included).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune_ct.models import is_known_backbone
+
+METRICS = {"val_macro_f1": "max", "val_balanced_accuracy": "max", "val_accuracy": "max", "val_loss": "min"}
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+
+# name -> (type, low, high, default). Bounds are inclusive; None means unbounded on that side.
+PARAMS: dict[str, tuple[type, float | None, float | None, Any]] = {
+    "backbone": (str, None, None, "baseline_cnn"),
+    "image_size": (int, 32, 1024, 128),
+    "lr": (float, 1e-7, 1.0, 1e-3),
+    "weight_decay": (float, 0.0, 1.0, 1e-4),
+    "batch_size": (int, 2, 4096, 32),
+    "epochs": (int, 1, 1000, 3),
+    "warmup_epochs": (float, 0.0, 100.0, 0.0),
+    "label_smoothing": (float, 0.0, 0.5, 0.0),
+    "class_weighting": (bool, None, None, True),
+    "aug_rotation_deg": (float, 0.0, 45.0, 0.0),
+    "aug_crop_scale_min": (float, 0.05, 1.0, 1.0),
+    "aug_brightness": (float, 0.0, 0.5, 0.0),
+    "aug_contrast": (float, 0.0, 0.9, 0.0),
+    "aug_hflip": (bool, None, None, False),
+    "precision": (str, None, None, "auto"),
+}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+SEARCH_DEFAULTS: dict[str, Any] = {
+    "metric": "val_macro_f1",
+    "num_samples": 8,
+    "max_concurrent": 2,
+    "grace_period": 1,
+    "reduction_factor": 2,
+    "workers_per_trial": 1,
+    "cpus_per_worker": 1,
+    "gpus_per_worker": 0,
+}
+
+
+class SpaceError(ValueError):
+    """A search-space file is wrong; the message names the file and the key."""
+
+
+@dataclass
+class Space:
+    path: Path
+    search: dict[str, Any]
+    params: dict[str, Any]  # name -> fixed value or {distribution: args}
+
+    @property
+    def metric(self) -> str:
+        return self.search["metric"]
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    @property
+    def max_epochs(self) -> int:
+        return int(max(self.values("epochs")))
+
+    def values(self, name: str) -> list:
+        """Every value a parameter can take (choices, the fixed value, or the two range ends)."""
+        spec = self.params[name]
+        if isinstance(spec, dict):
+            return list(next(iter(spec.values())))
+        return [spec]
+
+    def tune_space(self) -> dict:
+        from ray import tune
+
+        out = {}
+        for name, spec in self.params.items():
+            if not isinstance(spec, dict):
+                out[name] = spec
+                continue
+            (dist, args), = spec.items()
+            if dist == "choice":
+                out[name] = tune.choice(list(args))
+            elif dist == "uniform":
+                out[name] = tune.uniform(*args)
+            elif dist == "loguniform":
+                out[name] = tune.loguniform(*args)
+            else:  # randint: inclusive in the file, exclusive upper end in Tune
+                out[name] = tune.randint(args[0], args[1] + 1)
+        return out
+
+
+def _check_value(where: str, name: str, value: Any) -> Any:
+    kind, low, high, _ = PARAMS[name]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SpaceError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise SpaceError(f"{where}: expected a name, got {value!r}")
+        if name == "backbone" and not is_known_backbone(value):
+            raise SpaceError(f"{where}: unknown backbone {value!r}; use baseline_cnn or a timm model name "
+                             "(python -c 'import timm; print(timm.list_models())')")
+        if name == "precision" and value not in PRECISIONS:
+            raise SpaceError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceError(f"{where}: expected a number, got {value!r}")
+    if kind is int and int(value) != value:
+        raise SpaceError(f"{where}: expected a whole number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise SpaceError(f"{where}: {value!r} is outside the allowed range [{low}, {high}]")
+    return kind(value)
+
+
+def _check_param(file: Path, name: str, spec: Any) -> Any:
+    where = f"{file}: params.{name}"
+    if name not in PARAMS:
+        raise SpaceError(f"{where}: unknown parameter; known: {', '.join(PARAMS)}")
+    if not isinstance(spec, dict):
+        return _check_value(where, name, spec)
+    if len(spec) != 1:
+        raise SpaceError(f"{where}: give exactly one distribution ({', '.join(DISTRIBUTIONS)}), got {list(spec)}")
+    (dist, args), = spec.items()
+    where = f"{where}.{dist}"
+    if dist not in DISTRIBUTIONS:
+        raise SpaceError(f"{where}: unknown distribution {dist!r}; use one of {', '.join(DISTRIBUTIONS)}")
+    if not isinstance(args, list) or not args:
+        raise SpaceError(f"{where}: expected a list, got {args!r}")
+    if dist == "choice":
+        return {dist: [_check_value(f"{where}[{i}]", name, v) for i, v in enumerate(args)]}
+    kind = PARAMS[name][0]
+    if kind not in (int, float):
+        raise SpaceError(f"{where}: {name} is not numeric; use choice")
+    if dist == "randint" and kind is not int:
+        raise SpaceError(f"{where}: randint needs a whole-number parameter; {name} is {kind.__name__}")
+    if len(args) != 2:
+        raise SpaceError(f"{where}: expected [low, high], got {args!r}")
+    low, high = (_check_value(f"{where}", name, v) for v in args)
+    if not low < high:
+        raise SpaceError(f"{where}: needs low < high, got [{low}, {high}]")
+    if dist == "loguniform" and low <= 0:
+        raise SpaceError(f"{where}: loguniform needs low > 0, got {low}")
+    if kind is int and dist in ("uniform", "loguniform"):
+        raise SpaceError(f"{where}: {name} is a whole number; use randint or choice")
+    return {dist: [low, high]}
+
+
+def load_space(path: str | Path) -> Space:
+    """Read and validate a space file; every mistake is a SpaceError naming the file and key."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpaceError(f"search space file {file} does not exist (see search_spaces/ for examples)")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or "params" not in raw:
+        raise SpaceError(f"{file}: expected a mapping with a `params` section (and optionally `search`)")
+    unknown = set(raw) - {"search", "params", "description"}
+    if unknown:
+        raise SpaceError(f"{file}: unknown top-level key(s) {', '.join(sorted(unknown))}; use search, params, description")
+
+    search = dict(SEARCH_DEFAULTS)
+    for key, value in (raw.get("search") or {}).items():
+        where = f"{file}: search.{key}"
+        if key not in SEARCH_DEFAULTS:
+            raise SpaceError(f"{where}: unknown setting; known: {', '.join(SEARCH_DEFAULTS)}")
+        if key == "metric":
+            if value not in METRICS:
+                raise SpaceError(f"{where}: unknown metric {value!r}; use one of {', '.join(METRICS)}")
+        elif key == "reduction_factor":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1.5:
+                raise SpaceError(f"{where}: expected a number >= 1.5, got {value!r}")
+        elif key in ("cpus_per_worker",):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise SpaceError(f"{where}: expected a number > 0, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "gpus_per_worker" else 1):
+            raise SpaceError(f"{where}: expected a whole number >= {0 if key == 'gpus_per_worker' else 1}, got {value!r}")
+        search[key] = value
+
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict):
+        raise SpaceError(f"{file}: params must be a mapping of parameter -> value or distribution")
+    params = {name: _check_param(file, name, spec) for name, spec in params_raw.items()}
+    for name, (_, _, _, default) in PARAMS.items():
+        params.setdefault(name, default)
+    return Space(path=file, search=search, params=params)

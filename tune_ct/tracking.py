@@ -1,0 +1,169 @@
+"""Stage 5: MLflow tracking. One parent run per search, one child run per trial, all logged from the driver.
+
+Logging from the Tune driver (a `ray.tune.Callback`) rather than from workers means trial workers need no
+tracking credentials, a trial that ASHA stops still gets its run closed (FINISHED, tagged as stopped early),
+and a trial that Ray restarts keeps its one run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from ray.tune import Callback
+
+from tune_ct.metrics import plot_confusion_matrix
+
+TRIAL_ID_TAG = "tune_ct.trial_id"
+MAX_PARAM_LENGTH = 6000
+
+
+def default_tracking_uri(workdir: Path | None = None) -> str:
+    return f"sqlite:///{(Path(workdir or Path.cwd()) / 'mlflow.db').resolve()}"
+
+
+def code_version() -> str:
+    """git commit of the checkout (with -dirty), else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"tune_ct-{version('tune_ct')}"
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """Experiment id, creating it (with local artifacts under artifact_root for file/SQLite stores)."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = (Path(artifact_root).resolve() / name).as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def flat_params(config: dict, prefix: str = "") -> list[Param]:
+    out = []
+    for key, value in sorted(config.items()):
+        if isinstance(value, dict):
+            out.extend(flat_params(value, f"{prefix}{key}."))
+        else:
+            out.append(Param(f"{prefix}{key}", str(value)[:MAX_PARAM_LENGTH]))
+    return out
+
+
+def numeric_metrics(result: dict) -> dict[str, float]:
+    """The per-epoch numbers of a trial result (Tune's own bookkeeping keys left out)."""
+    skip = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+            "time_since_restore", "iterations_since_restore", "done", "n_train", "n_val"}
+    return {k: float(v) for k, v in result.items()
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class TrialTracker(Callback):
+    """Opens a child run when a trial starts, logs every epoch with step = epoch, closes it when the trial ends."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.max_epochs = max_epochs
+        self.runs: dict[str, str] = {}  # trial id -> run id
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _find_run(self, trial_id: str) -> str | None:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
+
+    def run_id(self, trial) -> str:
+        """The trial's one child run: reused when Ray restarts the trial or the search is resumed."""
+        if trial.trial_id in self.runs:
+            return self.runs[trial.trial_id]
+        run_id = self._find_run(trial.trial_id)
+        if run_id is None:
+            config = dict(trial.config)
+            run = self.client.create_run(
+                self.experiment_id,
+                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id,
+                      MLFLOW_RUN_NAME: f"{trial.trial_id}-{config.get('backbone', 'trial')}"},
+            )
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=flat_params(config))
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
+        self.client.log_batch(self.run_id(trial), metrics=metrics)
+
+    def _close(self, trial, status: str, tags: dict[str, str]) -> None:
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        matrix = result.get("val_confusion_matrix")
+        if matrix:
+            with tempfile.TemporaryDirectory() as tmp:
+                epoch = result.get("epoch", "?")
+                png = plot_confusion_matrix(matrix, Path(tmp) / "val_confusion_matrix.png",
+                                            f"val split, epoch {epoch}, trial {trial.trial_id}")
+                (Path(tmp) / "val_confusion_matrix.json").write_text(json.dumps({"epoch": epoch, "matrix": matrix}))
+                self.client.log_artifacts(run_id, tmp)
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        epochs_run = int((trial.last_result or {}).get("epoch", 0))
+        stopped = epochs_run < int(trial.config.get("epochs", self.max_epochs))
+        self._close(trial, RunStatus.to_string(RunStatus.FINISHED), {
+            "epochs_run": str(epochs_run),
+            "stopped_early": "asha" if stopped else "no",
+        })
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = str(getattr(trial, "error_msg", None) or "trial failed")[:5000]
+        self._close(trial, RunStatus.to_string(RunStatus.FAILED), {"error": reason})
+
+    def get_state(self) -> dict:
+        return {"runs": dict(self.runs)}
+
+    def set_state(self, state: dict) -> None:
+        self.runs.update(state.get("runs", {}))
+
+
+def log_json(client: MlflowClient, run_id: str, obj, name: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(obj, indent=1, default=str))
+        client.log_artifact(run_id, str(path))
+
+
+def mlflow_env(tracking_uri: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
