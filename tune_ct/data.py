@@ -30,6 +30,7 @@ class Prepared:
     manifest_path: Path
     report: mf.LockReport
     trainval_path: Path  # the only file list trials receive
+    trainval_entries: list
     seconds: float
 
 
@@ -48,13 +49,16 @@ def prepare(data: str | Path | None, workdir: Path, sources: Path | None = None,
     root = resolve_data_dir(data)
     path = manifest_path or manifest_path_for(root, workdir)
     manifest, report = mf.build(root, path, sources=sources, seed=seed, log=log)
-    usable = manifest.in_split("train", "val")
-    if limit_per_class:
-        usable = mf.limit_per_class(usable, limit_per_class, seed)
+    usable = [e for e in sample(manifest, limit_per_class, seed) if e.split in ("train", "val")]
     suffix = f"-limit{limit_per_class}" if limit_per_class else ""
     trainval = workdir / "subsets" / f"{manifest.hash}{suffix}.trainval.json"
     write_subset(trainval, root, usable, manifest.hash)
-    return Prepared(root, manifest, path, report, trainval, time.monotonic() - started)
+    return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started)
+
+
+def sample(manifest: mf.Manifest, limit_per_class: int | None, seed: int) -> list[mf.Entry]:
+    """All entries, or N per class drawn across the locked splits in proportion (for smoke runs)."""
+    return mf.limit_per_class(manifest.entries, limit_per_class, seed) if limit_per_class else list(manifest.entries)
 
 
 def summary(prep: Prepared) -> dict:

@@ -10,7 +10,7 @@ A space file has two sections::
       reduction_factor: 2        # ASHA: keep the top 1/rf at each rung
       workers_per_trial: 1       # Ray Train workers (DDP when > 1)
       cpus_per_worker: 1
-      gpus_per_worker: 0         # 0: CPU; 1: one GPU per worker (needs GPUs in the cluster)
+      gpus_per_worker: auto      # auto: 1 per worker when the cluster has GPUs, else 0; or a number
     params:                      # what to search: a fixed value, or one distribution
       backbone: {choice: [baseline_cnn, resnet18]}
       lr: {loguniform: [1.0e-4, 3.0e-3]}
@@ -61,7 +61,7 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "reduction_factor": 2,
     "workers_per_trial": 1,
     "cpus_per_worker": 1,
-    "gpus_per_worker": 0,
+    "gpus_per_worker": "auto",
 }
 
 
@@ -93,6 +93,11 @@ class Space:
         if isinstance(spec, dict):
             return list(next(iter(spec.values())))
         return [spec]
+
+    def finite_values(self, name: str) -> list:
+        """The values of a fixed or choice parameter; [] for a range (unknown until sampled)."""
+        spec = self.params[name]
+        return self.values(name) if not isinstance(spec, dict) or "choice" in spec else []
 
     def tune_space(self) -> dict:
         from ray import tune
@@ -197,6 +202,8 @@ def load_space(path: str | Path) -> Space:
         elif key == "reduction_factor":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1.5:
                 raise SpaceError(f"{where}: expected a number >= 1.5, got {value!r}")
+        elif key == "gpus_per_worker" and value == "auto":
+            pass
         elif key in ("cpus_per_worker",):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise SpaceError(f"{where}: expected a number > 0, got {value!r}")

@@ -1,0 +1,296 @@
+"""The search: Ray Tune + Optuna (TPE) + ASHA over Ray Train trials, tracked in MLflow, tested once at the end.
+
+    python -m tune_ct.search --data DIR --space search_spaces/cpu_quick.yaml
+
+Flow: validate the space -> update the locked manifest -> cache train/val images -> Tune runs trials (each a
+Ray Train TorchTrainer) -> the best checkpoint by val metric is evaluated once on the locked test split ->
+everything is logged under one MLflow parent run and summarised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tune_ct.data import default_workdir, prepare
+from tune_ct.files import CLASSES, DataError
+from tune_ct.metrics import metric_key, plot_confusion_matrix
+from tune_ct.space import Space, SpaceError, load_space
+from tune_ct.tracking import TrialTracker, code_version, default_tracking_uri, ensure_experiment, log_json
+from tune_ct.trial import RunSettings, tune_trial
+
+
+@dataclass
+class BestTrial:
+    trial_id: str
+    config: dict
+    epoch: int
+    val_metrics: dict
+    checkpoint_path: str
+    run_id: str | None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tune_ct.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="dataset folder in the Kaggle layout (default $TUNE_CT_DATA)")
+    p.add_argument("--space", required=True, type=Path, help="search space YAML (see search_spaces/)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
+    p.add_argument("--experiment", default="tune_ct", help="MLflow experiment name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db, artifacts ./mlartifacts)")
+    p.add_argument("--storage", help="Ray Tune/Train storage: a folder or s3:// URI (default ./ray_results)")
+    p.add_argument("--workdir", type=Path, help="manifests and image caches (default $TUNE_CT_WORKDIR or ./.tune_ct)")
+    p.add_argument("--sources", type=Path, help="CSV with file,origin columns: stratify the split by origin too")
+    p.add_argument("--seed", type=int, default=0, help="seed for the sampler, the split of a new manifest, training")
+    p.add_argument("--limit-per-class", type=int, help="use N images per class (from the locked splits): smoke runs")
+    p.add_argument("--summary", type=Path, help="write the result summary JSON here")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
+                   help="local pretrained weights for a backbone (repeatable); without it, train from scratch")
+    args = p.parse_args(argv)
+    for name in ("num_samples", "max_concurrent", "limit_per_class"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return args
+
+
+def parse_weights(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        backbone, sep, file = item.partition("=")
+        if not sep or not backbone or not file:
+            raise SpaceError(f"--weights {item!r}: expected BACKBONE=FILE")
+        path = Path(file).expanduser().resolve()
+        if not path.is_file():
+            raise SpaceError(f"--weights {item!r}: file {path} does not exist (tune_ct never downloads weights)")
+        out[backbone] = str(path)
+    return out
+
+
+def check_resources(space: Space, max_concurrent: int) -> tuple[float, int]:
+    """Refuse a trial shape the cluster cannot place: Ray Train would wait for it forever without an error."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    s = space.search
+    need_cpu = s["workers_per_trial"] * s["cpus_per_worker"]
+    gpus_per_worker = s["gpus_per_worker"]
+    if gpus_per_worker == "auto":
+        gpus_per_worker = 1 if gpus >= s["workers_per_trial"] else 0
+    need_gpu = s["workers_per_trial"] * gpus_per_worker
+    if need_cpu > cpus or need_gpu > gpus:
+        raise SpaceError(
+            f"{space.path}: search asks {s['workers_per_trial']} worker(s) x {s['cpus_per_worker']} CPU"
+            f" / {gpus_per_worker} GPU per trial, but the cluster has {cpus:g} CPU and {gpus:g} GPU; lower "
+            "search.workers_per_trial / cpus_per_worker / gpus_per_worker"
+        )
+    return gpus_per_worker, max(1, min(max_concurrent, int(cpus // need_cpu) if need_cpu else max_concurrent))
+
+
+def best_trial(results, metric: str, mode: str, tracker: TrialTracker) -> BestTrial:
+    """The trial and epoch with the best val metric over all epochs (model selection on val only)."""
+    best = None
+    for result in results:
+        df = result.metrics_dataframe
+        if df is None or metric not in df or "checkpoint_path" not in df:
+            continue
+        df = df.dropna(subset=[metric, "checkpoint_path"])
+        if df.empty:
+            continue
+        row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
+        if best is None or (row[metric] > best[1][metric] if mode == "max" else row[metric] < best[1][metric]):
+            best = (result, row)
+    if best is None:
+        raise RuntimeError("no trial reported a checkpoint: see the trial errors above")
+    result, row = best
+    trial_id = str(row["trial_id"])
+    val = {k: row[k] for k in row.index if str(k).startswith("val_") and k != "val_confusion_matrix"}
+    val["confusion_matrix"] = row.get("val_confusion_matrix")
+    return BestTrial(trial_id, dict(result.config), int(row["epoch"]), val, str(row["checkpoint_path"]),
+                     tracker.runs.get(trial_id))
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def run_search(args: argparse.Namespace) -> dict:
+    started = time.monotonic()
+    space = load_space(args.space)  # every space mistake fails here, before any compute
+    weights = parse_weights(args.weights)
+    workdir = (args.workdir or default_workdir()).resolve()
+    prep = prepare(args.data, workdir, args.sources, args.seed, args.limit_per_class)
+    if prep.report.test_missing or prep.report.test_changed:
+        print("WARNING: locked test split changed; see above", file=sys.stderr)
+
+    import mlflow
+    import optuna
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    local_artifacts = None if tracking_uri.startswith(("http://", "https://", "databricks")) else Path("mlartifacts")
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, args.experiment, local_artifacts)
+    storage = args.storage or str(Path("ray_results").resolve())
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    run_name = f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    num_samples = args.num_samples or space.search["num_samples"]
+
+    ray.init(address=args.address, log_to_driver=True, include_dashboard=False if not args.address else None)
+    gpus_per_worker, max_concurrent = check_resources(space, args.max_concurrent or space.search["max_concurrent"])
+
+    parent = client.create_run(experiment_id, run_name=run_name, tags={
+        "tune_ct.space_file": str(space.path), "tune_ct.manifest_hash": prep.manifest.hash,
+        "tune_ct.code_version": code_version(), "tune_ct.data": str(prep.root),
+        "tune_ct.limit_per_class": str(args.limit_per_class or "none"),
+        "tune_ct.role": "search",
+    })
+    parent_id = parent.info.run_id
+    client.log_batch(parent_id, params=[mlflow.entities.Param(k, str(v)) for k, v in {
+        "num_samples": num_samples, "max_concurrent": max_concurrent, "seed": args.seed, "metric": space.metric,
+        "grace_period": space.search["grace_period"], "reduction_factor": space.search["reduction_factor"],
+        "workers_per_trial": space.search["workers_per_trial"], "gpus_per_worker": gpus_per_worker,
+        "n_trainval_images": len(prep.trainval_entries), "storage": storage, "sampler": "optuna.TPESampler",
+        "scheduler": "ASHA", "pretrained": ",".join(weights) or "none (from scratch)",
+    }.items()])
+    client.log_artifact(parent_id, str(space.path))
+
+    settings = RunSettings(
+        subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"), storage_path=storage,
+        experiment=run_name, seed=args.seed, workers_per_trial=space.search["workers_per_trial"],
+        cpus_per_worker=float(space.search["cpus_per_worker"]), gpus_per_worker=float(gpus_per_worker),
+        weights=weights,
+    )
+    # Build every image-size cache once here, so concurrent trials do not wait on each other's build.
+    from tune_ct.cache import open_or_build
+
+    for size in space.finite_values("image_size"):
+        open_or_build(prep.trainval_path, int(size), workdir / "cache")
+
+    tracker = TrialTracker(tracking_uri, experiment_id, parent_id, space.max_epochs)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": 0.01})
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space.tune_space(),
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
+            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.seed)),
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
+                                    grace_period=min(space.search["grace_period"], space.max_epochs),
+                                    reduction_factor=space.search["reduction_factor"]),
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(name=run_name, storage_path=storage, callbacks=[tracker],
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    status = "FAILED"
+    try:
+        results = tuner.fit()
+        best = best_trial(results, space.metric, space.mode, tracker)
+        summary = finish(args, space, prep, workdir, client, parent_id, tracker, best, results, started, storage)
+        status = "FINISHED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(parent_id, status)
+        ray.shutdown()
+
+
+def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, tracker: TrialTracker,
+           best: BestTrial, results, started: float, storage: str) -> dict:
+    """Evaluate the best checkpoint once on the locked test split; log and print everything."""
+    from mlflow.entities import Metric, RunTag
+
+    from tune_ct.evaluate import evaluate_model, load_checkpoint_model, write_test_subset
+
+    model, saved = load_checkpoint_model(best.checkpoint_path)
+    test_subset = write_test_subset(prep.manifest, prep.root, workdir, args.limit_per_class, args.seed)
+    evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, workdir / "cache")
+    test = evaluation.headline()
+
+    now = int(time.time() * 1000)
+    metrics = {f"best_val_{k[4:]}": float(v) for k, v in best.val_metrics.items()
+               if k.startswith("val_") and isinstance(v, (int, float))}
+    metrics.update({k: float(v) for k, v in evaluation.metrics.items() if not k.endswith("confusion_matrix")})
+    metrics["test_majority_class_macro_f1"] = test["majority_class_macro_f1"]
+    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=[
+        RunTag("tune_ct.best_trial_id", best.trial_id), RunTag("tune_ct.best_run_id", best.run_id or ""),
+        RunTag("tune_ct.best_checkpoint", best.checkpoint_path), RunTag("tune_ct.best_epoch", str(best.epoch)),
+    ])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_confusion_matrix(test["confusion_matrix"], Path(tmp) / "test_confusion_matrix.png",
+                              f"locked test split (n={test['n']}), best trial {best.trial_id}")
+        client.log_artifacts(parent_id, tmp)
+
+    trials = [r for r in results]
+    errors = [r for r in trials if r.error]
+    summary = {
+        "best_trial_id": best.trial_id,
+        "best_config": best.config,
+        "best_epoch": best.epoch,
+        "best_checkpoint": best.checkpoint_path,
+        "val_metrics": {"split": "val", **{k: v for k, v in best.val_metrics.items()}},
+        "test_metrics": test,
+        "parent_run_id": parent_id,
+        "child_run_ids": [tracker.runs[t] for t in sorted(tracker.runs)],
+        "trials": len(trials),
+        "trials_errored": len(errors),
+        "manifest_hash": prep.manifest.hash,
+        "manifest": str(prep.manifest_path),
+        "data": str(prep.root),
+        "limit_per_class": args.limit_per_class,
+        "space": str(space.path),
+        "storage": storage,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    log_json(client, parent_id, summary, "summary.json")
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(summary, indent=1, default=str))
+
+    print_table(f"Best trial {best.trial_id} (chosen on the val split, epoch {best.epoch})",
+                [(k, str(v)) for k, v in sorted(best.config.items())])
+    rows = [(f"{split} {name}", f"{val:.3f}") for split, src in (("val", best.val_metrics), ("test", evaluation.metrics))
+            for name, val in ((n, src[f"{split}_{n}"]) for n in ("accuracy", "balanced_accuracy", "macro_f1"))]
+    rows += [(f"{split} recall {c}", f"{src[f'{split}_recall_{metric_key(c)}']:.3f}")
+             for split, src in (("val", best.val_metrics), ("test", evaluation.metrics)) for c in CLASSES]
+    rows.append(("test majority-class macro-F1", f"{test['majority_class_macro_f1']:.3f}"))
+    n_val = sum(map(sum, best.val_metrics["confusion_matrix"])) if best.val_metrics.get("confusion_matrix") else "?"
+    print_table(f"Metrics: val split (n={n_val}) and locked test split (n={test['n']})", rows)
+    print(f"\ntest confusion matrix (rows true, cols predicted: {', '.join(CLASSES)}):")
+    for label, row in zip(CLASSES, test["confusion_matrix"]):
+        print(f"  {label:<16} {row}")
+    print(f"\n{len(trials)} trials ({len(errors)} errored) in {summary['seconds']:.0f}s; MLflow parent run {parent_id}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run_search(args)
+    except (SpaceError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
