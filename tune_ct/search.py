@@ -21,7 +21,7 @@ from tune_ct.files import CLASSES, DataError
 from tune_ct.metrics import metric_key, plot_confusion_matrix
 from tune_ct.space import Space, SpaceError, load_space
 from tune_ct.tracking import TrialTracker, code_version, default_tracking_uri, ensure_experiment, log_json
-from tune_ct.trial import RunSettings, tune_trial
+from tune_ct.trial import TRIAL_DRIVER_CPU, RunSettings, tune_trial
 
 
 @dataclass
@@ -150,7 +150,11 @@ def run_search(args: argparse.Namespace) -> dict:
     run_name = f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     num_samples = args.num_samples or space.search["num_samples"]
 
-    ray.init(address=args.address, log_to_driver=True, include_dashboard=False if not args.address else None)
+    # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
+    # `ray start` left running on this machine.
+    # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner for trials that ASHA stops
+    # queries it, and without it the cleaner only logs "State API may be temporarily unavailable".
+    ray.init(address=args.address or "local")
     gpus_per_worker, max_concurrent = check_resources(space, args.max_concurrent or space.search["max_concurrent"])
 
     parent = client.create_run(experiment_id, run_name=run_name, tags={
@@ -182,7 +186,7 @@ def run_search(args: argparse.Namespace) -> dict:
         open_or_build(prep.trainval_path, int(size), workdir / "cache")
 
     tracker = TrialTracker(tracking_uri, experiment_id, parent_id, space.max_epochs)
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": 0.01})
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": TRIAL_DRIVER_CPU})
     tuner = tune.Tuner(
         trainable,
         param_space=space.tune_space(),
@@ -255,6 +259,7 @@ def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, trac
         "trials_errored": len(errors),
         "manifest_hash": prep.manifest.hash,
         "manifest": str(prep.manifest_path),
+        "trainval_subset": str(prep.trainval_path),
         "data": str(prep.root),
         "limit_per_class": args.limit_per_class,
         "space": str(space.path),

@@ -24,6 +24,7 @@ from tune_ct.files import CLASSES
 from tune_ct.metrics import classification_metrics
 
 CHECKPOINT_FILE = "model.pt"
+TRIAL_DRIVER_CPU = 0.01  # Tune rejects 0; the trial driver only waits on the TorchTrainer
 TRAIN_STATE_FILE = "train_state.pt"
 
 
@@ -51,7 +52,9 @@ def tune_trial(config: dict, run: RunSettings) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     context = ray.tune.get_context()
-    resources = {"CPU": run.cpus_per_worker}
+    # The trial's own driver holds TRIAL_DRIVER_CPU; the workers take the rest of their CPU share, so N trials of
+    # one 1-CPU worker fit exactly on N CPUs instead of leaving the last worker waiting forever.
+    resources = {"CPU": max(run.cpus_per_worker - TRIAL_DRIVER_CPU, TRIAL_DRIVER_CPU)}
     if run.gpus_per_worker:
         resources["GPU"] = run.gpus_per_worker
     trainer = TorchTrainer(
@@ -150,7 +153,7 @@ def train_worker(loop_config: dict) -> None:
     hp, run = loop_config["hp"], RunSettings(**loop_config["run"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(run.cpus_per_worker)))
+    torch.set_num_threads(max(1, round(run.cpus_per_worker)))
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(hp.get("precision", "auto"), device)
 

@@ -1,0 +1,91 @@
+"""End to end: a real Ray Tune + Optuna search of Ray Train trials on real X-rays, recorded in real MLflow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tune_ct.cache import read_subset
+from tune_ct.files import CLASSES
+from tune_ct.manifest import load
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests/spaces/tiny.yaml"
+
+
+def search(tmp_path: Path, data: Path, *extra: str) -> dict:
+    summary = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(TINY), "--limit-per-class", "16",
+         "--experiment", "e2e", "--summary", str(summary), *extra],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "locked test split" in proc.stdout
+    return json.loads(summary.read_text())
+
+
+def check_tracking(client: MlflowClient, summary: dict, trials: int) -> None:
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["tune_ct.manifest_hash"] == summary["manifest_hash"]
+    assert parent.data.tags["tune_ct.space_file"].endswith("tiny.yaml") and parent.data.tags["tune_ct.code_version"]
+    assert 0.0 <= parent.data.metrics["test_macro_f1"] <= 1.0
+
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == trials == len(summary["child_run_ids"])  # exactly one child run per trial
+    assert {c.info.run_id for c in children} == set(summary["child_run_ids"])
+    for child in children:
+        assert child.info.status == "FINISHED"  # ASHA-stopped trials are closed too, never left RUNNING
+        epochs_run = int(child.data.tags["epochs_run"])
+        history = client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert sorted(m.step for m in history) == list(range(1, epochs_run + 1))  # one point per epoch, step = epoch
+        assert {"lr", "backbone", "batch_size"} <= set(child.data.params)
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "val_confusion_matrix.png" in names
+
+
+def check_test_split_never_reached_a_trial(tmp_path: Path, summary: dict) -> None:
+    manifest = load(Path(summary["manifest"]))
+    test_files = {e.file for e in manifest.entries if e.split == "test"}
+    trainval = {f[0] for f in read_subset(Path(summary["trainval_subset"]))["files"]}
+    assert trainval and test_files and not (trainval & test_files)
+    # Every cache a trial read (those holding train images) is free of test images.
+    for index in (tmp_path / ".tune_ct" / "cache").glob("*/index.json"):
+        cached = json.loads(index.read_text())
+        if "train" in cached["splits"]:
+            assert not set(cached["files"]) & test_files
+
+
+def check_summary(summary: dict) -> None:
+    test = summary["test_metrics"]
+    assert test["split"] == "test" and set(test["per_class_recall"]) == set(CLASSES)
+    matrix = test["confusion_matrix"]
+    assert len(matrix) == 4 and all(len(r) == 4 for r in matrix) and sum(map(sum, matrix)) == test["n"]
+    assert abs(test["accuracy"] - sum(matrix[i][i] for i in range(4)) / test["n"]) < 1e-9
+    assert summary["best_config"]["backbone"] == "baseline_cnn"
+    assert 0.0 <= summary["val_metrics"]["val_macro_f1"] <= 1.0
+
+
+@pytest.mark.slow
+def test_search_with_tracking_server_two_concurrent_trials(tmp_path, data_dir, mlflow_server):
+    summary = search(tmp_path, data_dir, "--tracking-uri", mlflow_server, "--max-concurrent", "2")
+    check_summary(summary)
+    check_tracking(MlflowClient(mlflow_server), summary, trials=3)
+    check_test_split_never_reached_a_trial(tmp_path, summary)
+
+
+@pytest.mark.slow
+def test_search_embedded_defaults_one_trial_at_a_time(tmp_path, data_dir):
+    """The README's default: local Ray, MLflow on SQLite in ./mlflow.db with artifacts in ./mlartifacts."""
+    summary = search(tmp_path, data_dir, "--max-concurrent", "1", "--num-samples", "2")
+    assert (tmp_path / "mlflow.db").is_file() and any((tmp_path / "mlartifacts").rglob("*.png"))
+    check_summary(summary)
+    check_tracking(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), summary, trials=2)
+    check_test_split_never_reached_a_trial(tmp_path, summary)
