@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tune_ct.files import CLASSES, decode_file, resize
+from tune_ct.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, resize
 
 SUBSET_VERSION = 1
 
@@ -50,14 +50,21 @@ def write_subset(path: Path, data_root: Path, entries, manifest_hash: str) -> di
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(subset, fh)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(subset, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return subset
 
 
 def read_subset(path: Path) -> dict:
-    subset = json.loads(Path(path).read_text())
+    try:
+        subset = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read subset file {path} ({exc}); re-run `python -m tune_ct.data` to write it") from exc
     if subset.get("version") != SUBSET_VERSION:
         raise ValueError(f"subset file {path} has version {subset.get('version')}, expected {SUBSET_VERSION}")
     return subset
@@ -73,6 +80,10 @@ def cache_key(files: list[list[str]], size: int) -> str:
 def _open(folder: Path) -> CachedImages:
     index = json.loads((folder / "index.json").read_text())
     n, size = len(index["files"]), index["size"]
+    expected = n * size * size
+    actual = (folder / "images.u8").stat().st_size
+    if actual != expected:  # cannot happen through open_or_build; guards against a hand-edited cache
+        raise DataError(f"cache {folder} is damaged: images.u8 has {actual} bytes, expected {expected}; delete the folder")
     pixels = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(n, size, size))
     labels = np.array([CLASSES.index(label) for label in index["labels"]], dtype=np.int64)
     return CachedImages(folder, pixels, index["files"], labels, index["splits"])
@@ -84,7 +95,15 @@ def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, wor
         out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(len(files), size, size))
 
         def fill(i: int) -> None:
-            image, _ = decode_file(data_root / files[i][0])
+            file, sha = files[i][0], files[i][3]
+            try:
+                image, _ = decode_file(data_root / file)
+            except (RejectedImage, OSError) as exc:
+                raise DataError(f"cannot cache {data_root / file}: {exc}; re-run `python -m tune_ct.data`") from exc
+            # The same pixel hash as the manifest: a file edited since then must not slip into training.
+            if pixel_sha(image) != sha:
+                raise DataError(f"{data_root / file} changed since the manifest was built; re-run "
+                                "`python -m tune_ct.data` to update it (a changed test image is reported there)")
             out[i] = resize(image, size)
 
         started = time.monotonic()
@@ -98,8 +117,11 @@ def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, wor
             "labels": [f[1] for f in files],
             "splits": [f[2] for f in files],
             "build_seconds": round(time.monotonic() - started, 3),
+            "built_by_pid": os.getpid(),
         }
         (tmp / "index.json").write_text(json.dumps(index))
+        if folder.exists():  # a folder without index.json: not ours to trust (renamed in by hand?); replace it
+            shutil.rmtree(folder)
         os.replace(tmp, folder)  # atomic: readers see no cache or a whole one
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ Duplicate groups (pixel-identical, or perceptually near-identical) are assigned 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from tune_ct.files import CLASSES, DataError, RejectedImage, decode_file, scan
+from tune_ct.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, scan
 
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -62,6 +63,9 @@ class Manifest:
     near_duplicate_bits: int = NEAR_DUPLICATE_BITS
     created: str = ""
     updated: str = ""
+    # Test images that changed or vanished since the split was locked ({file, reason, sha}). Kept across runs,
+    # so every later run still warns: results are not comparable with those from before the change.
+    lost_test: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def hash(self) -> str:
@@ -87,7 +91,7 @@ class LockReport:
 
 def _pixel_digest(path: Path) -> tuple[str, str, str | None]:
     pixels, conversion = decode_file(path)
-    sha = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+    sha = pixel_sha(pixels)
     phash = str(imagehash.phash(Image.fromarray(pixels), hash_size=PHASH_SIZE))
     return sha, phash, conversion
 
@@ -104,7 +108,8 @@ def read_sources(path: Path | None) -> dict[str, str]:
         missing = {"file", "origin"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"sources file {path} lacks column(s) {', '.join(sorted(missing))}: it needs `file` and `origin`")
-        return {row["file"].strip(): row["origin"].strip() or "unknown" for row in reader}
+        # Normalise Windows separators so a CSV written elsewhere still matches the scan's POSIX paths.
+        return {row["file"].strip().replace("\\", "/"): (row["origin"] or "").strip() or "unknown" for row in reader}
 
 
 def load(path: Path) -> Manifest:
@@ -131,9 +136,15 @@ def save(manifest: Manifest, path: Path) -> None:
     body = asdict(manifest)
     body = {"version": MANIFEST_VERSION, "hash": manifest.hash, "counts": split_counts(manifest), **body}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(body, fh, indent=1)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(body, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def split_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
@@ -236,7 +247,19 @@ def assign_splits(entries: list[Entry], groups: list[list[int]], previous: dict[
 def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: int = 0,
           fractions: dict[str, float] | None = None, near_bits: int = NEAR_DUPLICATE_BITS,
           workers: int | None = None, log=print) -> tuple[Manifest, LockReport]:
-    """Scan root, hash every image (re-using hashes of unchanged files), group duplicates, assign splits."""
+    """Scan root, hash every image (re-using hashes of unchanged files), group duplicates, assign splits.
+
+    Holds an exclusive lock on the manifest while it works: two searches started at once on one node
+    update it one after the other, and the second sees the first one's locked split."""
+    manifest_path = Path(manifest_path)
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(manifest_path.with_name(manifest_path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(Path(root), manifest_path, sources, seed, fractions, near_bits, workers, log)
+
+
+def _build(root: Path, manifest_path: Path, sources: Path | None, seed: int, fractions: dict[str, float] | None,
+           near_bits: int, workers: int | None, log) -> tuple[Manifest, LockReport]:
     fractions = dict(fractions or DEFAULT_FRACTIONS)
     if abs(sum(fractions.values()) - 1.0) > 1e-6 or set(fractions) != set(SPLITS):
         raise DataError(f"split fractions {fractions} must give train, val and test summing to 1")
@@ -252,7 +275,11 @@ def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: in
     rejected: list[dict[str, str]] = []
     todo: list[tuple[str, str, os.stat_result]] = []
     for rel, label in found.images:
-        st = (root / rel).stat()
+        try:
+            st = (root / rel).stat()
+        except OSError as exc:  # a dangling symlink, or a file removed while we scan
+            rejected.append({"file": rel, "reason": f"cannot read file: {exc.strerror}"})
+            continue
         old = previous.get(rel)
         if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns and old.label == label:
             entries.append(Entry(**{**asdict(old), "origin": origins.get(rel, old.origin), "group": -1, "split": ""}))
@@ -280,14 +307,8 @@ def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: in
         log(f"hashed {len(todo)} image(s) in {time.monotonic() - started:.1f}s ({len(entries)} usable in total)")
 
     present = {e.file: e for e in entries}
-    for file, old in previous.items():
-        if old.split != "test":
-            continue
-        if file not in present:
-            report.test_missing.append(file)
-        elif present[file].sha != old.sha:
-            report.test_changed.append(file)
     report.new_files = sum(1 for e in entries if e.file not in previous)
+    lost = _lost_test(previous_manifest, previous, present, report)
     if not entries:
         raise DataError(f"no readable images in {root}: all {len(rejected)} candidate files were rejected")
     empty = [c for c in CLASSES if not any(e.label == c for e in entries)]
@@ -305,18 +326,45 @@ def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: in
     manifest = Manifest(
         data_root=str(root), seed=seed, fractions=fractions, entries=entries, rejected=rejected,
         ignored=found.ignored, near_duplicate_bits=near_bits,
-        created=previous_manifest.created if previous_manifest else now, updated=now,
+        created=previous_manifest.created if previous_manifest else now, updated=now, lost_test=lost,
     )
     save(manifest, manifest_path)
-    if report.test_missing or report.test_changed:
+    if lost:
         print(
-            f"WARNING: the locked test split changed under {root}: {len(report.test_missing)} test image(s) "
-            f"disappeared, {len(report.test_changed)} changed content. Results are no longer comparable with "
-            f"earlier runs on this manifest ({manifest_path}). Files: "
-            + ", ".join((report.test_missing + report.test_changed)[:10]),
+            f"WARNING: the locked test split (locked {manifest.created}) changed under {root}: "
+            f"{sum(x['reason'] == 'missing' for x in lost)} test image(s) disappeared and "
+            f"{sum(x['reason'] == 'changed' for x in lost)} changed content ({len(report.test_missing)} and "
+            f"{len(report.test_changed)} on this run). Test results are not comparable with runs from before the "
+            f"change; see `lost_test` in {manifest_path}. Files: "
+            + ", ".join(f"{x['file']} ({x['reason']})" for x in lost[:10]) + (" ..." if len(lost) > 10 else ""),
             file=sys.stderr,
         )
     return manifest, report
+
+
+def _lost_test(previous_manifest: Manifest | None, previous: dict[str, Entry], present: dict[str, Entry],
+               report: LockReport) -> list[dict[str, str]]:
+    """Fill report.test_missing/test_changed for this run; return the cumulative list kept in the manifest."""
+    lost = {x["file"]: x for x in (previous_manifest.lost_test if previous_manifest else [])}
+    for file, old in previous.items():
+        if old.split != "test":
+            continue
+        if file not in present:
+            report.test_missing.append(file)
+            lost.setdefault(file, {"file": file, "reason": "missing", "sha": old.sha})
+        elif present[file].sha != old.sha:
+            report.test_changed.append(file)
+            lost[file] = {"file": file, "reason": "changed", "sha": lost.get(file, {}).get("sha", old.sha)}
+    # A file that came back with its locked pixels is whole again.
+    return [x for f, x in sorted(lost.items()) if not (f in present and present[f].sha == x["sha"])]
+
+
+def exact_duplicate_sets(manifest: Manifest) -> list[list[Entry]]:
+    """Sets of files with identical decoded pixels (a subset of some duplicate group each)."""
+    by_sha: dict[str, list[Entry]] = defaultdict(list)
+    for e in manifest.entries:
+        by_sha[e.sha].append(e)
+    return sorted((g for g in by_sha.values() if len(g) > 1), key=lambda g: g[0].file)
 
 
 def duplicate_groups(manifest: Manifest) -> list[list[Entry]]:
