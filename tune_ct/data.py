@@ -120,7 +120,8 @@ def _ignored_kind(file: str) -> str:
     return Path(name).suffix.lower() or name
 
 
-def print_summary(s: dict, out=sys.stdout) -> None:
+def print_summary(s: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up per call, so redirected/captured stdout is honoured
     w = max(len(c) for c in CLASSES)
     print(f"dataset  {s['data']}\nmanifest {s['manifest']} (hash {s['manifest_hash']})", file=out)
     print(f"\n{'class':<{w}}  {'train':>6} {'val':>6} {'test':>6} {'total':>6}", file=out)
