@@ -105,6 +105,8 @@ def batches(indices: np.ndarray, batch_size: int, drop_last: bool):
 
 def predict(model, pixels: np.ndarray, indices: np.ndarray, batch_size: int, device, dtype) -> np.ndarray:
     """Softmax probabilities (N x 4, float32) for the given rows of a uint8 image array, in indices' order."""
+    # The bare module: DDP's forward may broadcast buffers, a collective that uneven val shards would deadlock.
+    model = getattr(model, "module", model)
     model.eval()
     out = np.zeros((len(indices), len(CLASSES)), dtype=np.float32)
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -196,7 +198,9 @@ def train_worker(loop_config: dict) -> None:
     generator = torch.Generator(device=device)
     for epoch in range(start_epoch, epochs):
         generator.manual_seed(run.seed * 1000 + epoch * world + rank)
-        order = np.random.default_rng(run.seed * 1000 + epoch).permutation(train_idx)[rank::world]
+        order = np.random.default_rng(run.seed * 1000 + epoch).permutation(train_idx)
+        # Equal shards: under DDP every rank must run the same number of steps or the all-reduce hangs.
+        order = order[: len(order) - len(order) % world][rank::world]
         model.train()
         timing = {"data": 0.0, "compute": 0.0}
         loss_sum, seen = 0.0, 0
