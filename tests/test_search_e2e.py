@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from tune_ct.cache import read_subset
@@ -18,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests/spaces/tiny.yaml"
 
 
-def search(tmp_path: Path, data: Path, *extra: str) -> dict:
+def search(tmp_path: Path, data: Path, *extra: str, space: Path = TINY) -> dict:
     summary = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(TINY), "--limit-per-class", "16",
+        [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(space), "--limit-per-class", "16",
          "--experiment", "e2e", "--summary", str(summary), *extra],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
@@ -34,7 +35,7 @@ def check_tracking(client: MlflowClient, summary: dict, trials: int) -> None:
     parent = client.get_run(summary["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["tune_ct.manifest_hash"] == summary["manifest_hash"]
-    assert parent.data.tags["tune_ct.space_file"].endswith("tiny.yaml") and parent.data.tags["tune_ct.code_version"]
+    assert parent.data.tags["tune_ct.space_file"].endswith(".yaml") and parent.data.tags["tune_ct.code_version"]
     assert 0.0 <= parent.data.metrics["test_macro_f1"] <= 1.0
 
     children = client.search_runs([parent.info.experiment_id],
@@ -82,9 +83,13 @@ def test_search_with_tracking_server_two_concurrent_trials(tmp_path, data_dir, m
 
 
 @pytest.mark.slow
-def test_search_embedded_defaults_one_trial_at_a_time(tmp_path, data_dir):
-    """The README's default: local Ray, MLflow on SQLite in ./mlflow.db with artifacts in ./mlartifacts."""
-    summary = search(tmp_path, data_dir, "--max-concurrent", "1", "--num-samples", "2")
+def test_search_embedded_defaults_one_ddp_trial_at_a_time(tmp_path, data_dir):
+    """The README's default: local Ray, MLflow on SQLite in ./mlflow.db with artifacts in ./mlartifacts; here with
+    two Ray Train workers per trial (DDP), which on 2 CPUs also means one trial at a time."""
+    space = yaml.safe_load(TINY.read_text())
+    space["search"].update(workers_per_trial=2, cpus_per_worker=1)
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(space))
+    summary = search(tmp_path, data_dir, "--max-concurrent", "1", "--num-samples", "2", space=tmp_path / "ddp.yaml")
     assert (tmp_path / "mlflow.db").is_file() and any((tmp_path / "mlartifacts").rglob("*.png"))
     check_summary(summary)
     check_tracking(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), summary, trials=2)
