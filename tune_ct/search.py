@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from tune_ct.data import default_workdir, prepare
 from tune_ct.files import CLASSES, DataError
 from tune_ct.metrics import metric_key, plot_confusion_matrix
 from tune_ct.space import Space, SpaceError, load_space
+from tune_ct.resume import EXPERIMENT_TAG, ResumeError, SearchRecord, find_parent_run, latest_search, read_record, write_record
 from tune_ct.tracking import TrialTracker, code_version, default_tracking_uri, ensure_experiment, log_json
+from tune_ct.tracking_server import TrackingError, check_tracking_uri
 from tune_ct.trial import TRIAL_DRIVER_CPU, RunSettings, tune_trial
 
 
@@ -48,7 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for the sampler, the split of a new manifest, training")
     p.add_argument("--limit-per-class", type=int, help="use N images per class (from the locked splits): smoke runs")
     p.add_argument("--summary", type=Path, help="write the result summary JSON here")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--address", help="Ray cluster address, e.g. 127.0.0.1:6379 on the head node or 'auto' "
+                   "(default: start a local Ray). Token auth: RAY_AUTH_MODE=token and the cluster's token in "
+                   "~/.ray/auth_token or RAY_AUTH_TOKEN_PATH")
+    p.add_argument("--name", help="Tune experiment name, the folder under --storage (default search-DATE-TIME)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search --name (default: the newest) under --storage after its driver died: "
+                   "finished trials are kept, unfinished ones resume from their checkpoints, same MLflow runs")
     p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
                    help="local pretrained weights for a backbone (repeatable); without it, train from scratch")
     args = p.parse_args(argv)
@@ -123,41 +132,13 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
-def run_search(args: argparse.Namespace) -> dict:
-    started = time.monotonic()
-    space = load_space(args.space)  # every space mistake fails here, before any compute
-    weights = parse_weights(args.weights)
-    workdir = (args.workdir or default_workdir()).resolve()
-    prep = prepare(args.data, workdir, args.sources, args.seed, args.limit_per_class)
-    if prep.report.test_missing or prep.report.test_changed:
-        print("WARNING: locked test split changed; see above", file=sys.stderr)
-
+def start_parent_run(client, experiment_id: str, run_name: str, space: Space, prep, args, storage: str,
+                     num_samples: int, max_concurrent: int, gpus_per_worker, weights: dict) -> str:
+    """The search's MLflow parent run, with what defines it as tags and params."""
     import mlflow
-    import optuna
-    import ray
-    from mlflow.tracking import MlflowClient
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    tracking_uri = args.tracking_uri or default_tracking_uri()
-    local_artifacts = None if tracking_uri.startswith(("http://", "https://", "databricks")) else Path("mlartifacts")
-    client = MlflowClient(tracking_uri)
-    experiment_id = ensure_experiment(client, args.experiment, local_artifacts)
-    storage = args.storage or str(Path("ray_results").resolve())
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    run_name = f"search-{time.strftime('%Y%m%d-%H%M%S')}"
-    num_samples = args.num_samples or space.search["num_samples"]
-
-    # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
-    # `ray start` left running on this machine.
-    # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner for trials that ASHA stops
-    # queries it, and without it the cleaner only logs "State API may be temporarily unavailable".
-    ray.init(address=args.address or "local")
-    gpus_per_worker, max_concurrent = check_resources(space, args.max_concurrent or space.search["max_concurrent"])
 
     parent = client.create_run(experiment_id, run_name=run_name, tags={
+        EXPERIMENT_TAG: run_name,
         "tune_ct.space_file": str(space.path), "tune_ct.manifest_hash": prep.manifest.hash,
         "tune_ct.code_version": code_version(), "tune_ct.data": str(prep.root),
         "tune_ct.limit_per_class": str(args.limit_per_class or "none"),
@@ -173,6 +154,68 @@ def run_search(args: argparse.Namespace) -> dict:
     }.items()])
     client.log_artifact(parent_id, str(space.path))
 
+    return parent_id
+
+
+def run_search(args: argparse.Namespace) -> dict:
+    started = time.monotonic()
+    space = load_space(args.space)  # every space mistake fails here, before any compute
+    tracking_uri = args.tracking_uri or default_tracking_uri()
+    check_tracking_uri(tracking_uri)  # a dead or credential-rejecting server fails here, before any compute
+    if tracking_uri.startswith(("http://", "https://")):
+        # Fail a log call within ~15 s instead of MLflow's minutes of backoff: TrialTracker queues and retries it.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    weights = parse_weights(args.weights)
+    workdir = (args.workdir or default_workdir()).resolve()
+    prep = prepare(args.data, workdir, args.sources, args.seed, args.limit_per_class)
+    if prep.report.test_missing or prep.report.test_changed:
+        print("WARNING: locked test split changed; see above", file=sys.stderr)
+
+    import mlflow
+    import optuna
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    local_artifacts = None if tracking_uri.startswith(("http://", "https://", "databricks")) else Path("mlartifacts")
+    client = MlflowClient(tracking_uri)
+    experiment_id = ensure_experiment(client, args.experiment, local_artifacts)
+    storage = args.storage or str(Path("ray_results").resolve())
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    run_name = args.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    record = None
+    if args.resume:
+        run_name = args.name or latest_search(storage)
+        if not tune.Tuner.can_restore(f"{storage}/{run_name}"):
+            raise ResumeError(f"--resume: {storage}/{run_name} holds no Tune experiment to restore")
+        record = read_record(storage, run_name)
+        parent_id = record.parent_run_id if record else find_parent_run(client, experiment_id, run_name)
+        if parent_id is None:
+            raise ResumeError(f"--resume: no MLflow parent run for {run_name} in experiment {args.experiment!r} at "
+                              f"{tracking_uri}: pass the --tracking-uri and --experiment the search ran with")
+    num_samples = args.num_samples or space.search["num_samples"]
+
+    # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
+    # `ray start` left running on this machine.
+    # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner for trials that ASHA stops
+    # queries it, and without it the cleaner only logs "State API may be temporarily unavailable".
+    ray.init(address=args.address or "local")
+    gpus_per_worker, max_concurrent = check_resources(space, args.max_concurrent or space.search["max_concurrent"])
+
+    if args.resume:
+        client.update_run(parent_id, status="RUNNING")
+        client.set_tag(parent_id, "tune_ct.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        print(f"resuming {storage}/{run_name}: MLflow parent run {parent_id}", flush=True)
+    else:
+        parent_id = start_parent_run(client, experiment_id, run_name, space, prep, args, storage, num_samples,
+                                     max_concurrent, gpus_per_worker, weights)
+        write_record(storage, SearchRecord(run_name, parent_id, experiment_id, args.experiment, str(space.path),
+                                           num_samples))
+
     settings = RunSettings(
         subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"), storage_path=storage,
         experiment=run_name, seed=args.seed, workers_per_trial=space.search["workers_per_trial"],
@@ -187,25 +230,32 @@ def run_search(args: argparse.Namespace) -> dict:
 
     tracker = TrialTracker(tracking_uri, experiment_id, parent_id, space.max_epochs)
     trainable = tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": TRIAL_DRIVER_CPU})
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space.tune_space(),
-        tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.seed)),
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
-                                    grace_period=min(space.search["grace_period"], space.max_epochs),
-                                    reduction_factor=space.search["reduction_factor"]),
-            reuse_actors=False,
-        ),
-        run_config=tune.RunConfig(name=run_name, storage_path=storage, callbacks=[tracker],
-                                  failure_config=tune.FailureConfig(max_failures=1)),
-    )
+    if args.resume:
+        # Finished trials stay finished; unfinished and errored ones restart, and each Train run resumes from its
+        # own checkpoint (same name under <storage>/train_runs). The searcher and callbacks come back from storage.
+        tuner = tune.Tuner.restore(f"{storage}/{run_name}", trainable=trainable, resume_errored=True)
+        tracker = restored_tracker(tuner, tracker)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.tune_space(),
+            tune_config=tune.TuneConfig(
+                metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
+                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.seed)),
+                scheduler=ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
+                                        grace_period=min(space.search["grace_period"], space.max_epochs),
+                                        reduction_factor=space.search["reduction_factor"]),
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(name=run_name, storage_path=storage, callbacks=[tracker],
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
     status = "FAILED"
     try:
         results = tuner.fit()
         best = best_trial(results, space.metric, space.mode, tracker)
         summary = finish(args, space, prep, workdir, client, parent_id, tracker, best, results, started, storage)
+        report_tracking(args, summary, tracker)
         status = "FINISHED"
         return summary
     except KeyboardInterrupt:
@@ -214,6 +264,29 @@ def run_search(args: argparse.Namespace) -> dict:
     finally:
         client.set_terminated(parent_id, status)
         ray.shutdown()
+
+
+def restored_tracker(tuner, fallback: TrialTracker) -> TrialTracker:
+    """The TrialTracker that Tuner.restore unpickled (it, not `fallback`, receives the trial events)."""
+    callbacks = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    for callback in getattr(callbacks, "callbacks", None) or []:
+        if isinstance(callback, TrialTracker):
+            return callback
+    return fallback
+
+
+def report_tracking(args, summary: dict, tracker: TrialTracker) -> None:
+    """Say what reached MLflow late or never (the server dropped out during the search)."""
+    summary["tracking_delayed_calls"] = tracker.delayed
+    summary["tracking_unlogged"] = list(tracker.unlogged)
+    if tracker.delayed:
+        print(f"MLflow: {tracker.delayed} log call(s) went through on a retry after the server dropped out")
+    if tracker.unlogged:
+        print(f"MLflow: {len(tracker.unlogged)} log call(s) never reached {tracker.tracking_uri}:", file=sys.stderr)
+        for what in tracker.unlogged:
+            print(f"  {what}", file=sys.stderr)
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=1, default=str))
 
 
 def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, tracker: TrialTracker,
@@ -291,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run_search(args)
-    except (SpaceError, DataError) as exc:
+    except (SpaceError, DataError, TrackingError, ResumeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -11,8 +11,10 @@ import json
 import math
 import os
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -73,15 +75,74 @@ def numeric_metrics(result: dict) -> dict[str, float]:
 
 
 class TrialTracker(Callback):
-    """Opens a child run when a trial starts, logs every epoch with step = epoch, closes it when the trial ends."""
+    """Opens a child run when a trial starts, logs every epoch with step = epoch, closes it when the trial ends.
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int):
+    A tracking server that drops out must not kill the search (an exception in a Tune callback stops the Tune
+    loop): a log call that fails (after MLflow's own HTTP retries) is queued, retried in order at later
+    callbacks once `retry_every_s` has passed, and flushed at the end; what still fails is listed in `unlogged`.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+                 retry_every_s: float = 15.0, final_retries: int = 4):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
+        self.retry_every_s = retry_every_s
+        self.final_retries = final_retries
         self.runs: dict[str, str] = {}  # trial id -> run id
+        self.unlogged: list[str] = []  # what could not be logged by the end
+        self.delayed = 0  # log calls that failed at first and went through on a retry
         self._client: MlflowClient | None = None
+        self._pending: list[tuple[str, Callable[[], None]]] = []
+        self._last_failure = 0.0
+
+    def __getstate__(self) -> dict:
+        # Tune pickles callbacks with the experiment; clients and queued closures stay behind.
+        state = dict(self.__dict__)
+        state.update(_client=None, _pending=[])
+        return state
+
+    def _log(self, what: str, fn: Callable[[], None]) -> None:
+        """Run a log call now, or queue it (in order) while the server is unreachable."""
+        if self._pending and time.monotonic() - self._last_failure >= self.retry_every_s:
+            self._flush()
+        if self._pending:
+            self._pending.append((what, fn))
+            return
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - any failure to log must not stop the trials
+            self._pending.append((what, fn))
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self._last_failure = time.monotonic()
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        print(f"WARNING: MLflow logging failed ({first}); {len(self._pending)} call(s) queued, retrying every "
+              f"{self.retry_every_s:g}s; trials keep running", file=sys.stderr)
+
+    def _flush(self) -> bool:
+        while self._pending:
+            what, fn = self._pending[0]
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001
+                self._failed(exc)
+                return False
+            self._pending.pop(0)
+            self.delayed += 1
+        return True
+
+    def on_experiment_end(self, trials, **info):
+        for attempt in range(self.final_retries):
+            if self._flush():
+                break
+            time.sleep(self.retry_every_s)
+        self.unlogged = [what for what, _ in self._pending]
+        if self.unlogged:
+            print(f"WARNING: {len(self.unlogged)} MLflow log call(s) could not be delivered to "
+                  f"{self.tracking_uri}: " + "; ".join(self.unlogged[:20]), file=sys.stderr)
 
     @property
     def client(self) -> MlflowClient:
@@ -117,17 +178,22 @@ class TrialTracker(Callback):
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
+        self._log(f"open run of trial {trial.trial_id}", lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
-        self.client.log_batch(self.run_id(trial), metrics=metrics)
+        self._log(f"trial {trial.trial_id} epoch {step} metrics",
+                  lambda: self.client.log_batch(self.run_id(trial), metrics=metrics))
 
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
+        result = dict(trial.last_result or {})  # copied now: a queued close must log this trial's last result
+        self._log(f"close run of trial {trial.trial_id} ({status})",
+                  lambda: self._close_now(trial, result, status, tags))
+
+    def _close_now(self, trial, result: dict, status: str, tags: dict[str, str]) -> None:
         run_id = self.run_id(trial)
-        result = trial.last_result or {}
         matrix = result.get("val_confusion_matrix")
         if matrix:
             with tempfile.TemporaryDirectory() as tmp:
