@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,9 +42,10 @@ class Node:
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
                 try:
-                    if os.getpgid(int(entry.name)) == self.proc.pid:
+                    zombie = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                    if os.getpgid(int(entry.name)) == self.proc.pid and not zombie:
                         out.append(int(entry.name))
-                except (ProcessLookupError, PermissionError):
+                except (OSError, IndexError):
                     pass
         return out
 
@@ -56,7 +58,7 @@ class Node:
                 pass
         return None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
@@ -81,6 +83,7 @@ class LocalCluster:
     address: str
     env: dict[str, str]  # what a driver or CLI needs to join (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH)
     dashboard: str
+    temp_dir: Path  # Ray's session folder (logs) for this cluster only
     nodes: list[Node] = field(default_factory=list)
 
     def add_worker(self, name: str, num_cpus: float = 1, resources: dict | None = None, timeout: float = 120) -> Node:
@@ -109,9 +112,26 @@ class LocalCluster:
         raise RuntimeError(f"cluster at {self.address}: fewer than {n} nodes alive after {timeout:g}s; see the "
                            f"logs in {self.folder}")
 
-    def stop(self) -> None:
+    def stop(self, remove_logs: bool = True) -> None:
         for node in reversed(self.nodes):  # workers first, head last
             node.stop()
+        if remove_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def node_ids(self) -> dict[str, str]:
+        """Ray node id -> the custom resource that names it (the names given to add_worker / head_resources)."""
+        out = subprocess.run([_ray(), "list", "nodes", "--address", self.address, "--format", "json", "--detail",
+                              "--limit", "1000"], capture_output=True, text=True, env=self.env, timeout=60)
+        nodes = json.loads(out.stdout[out.stdout.index("["):])
+        return {n["node_id"]: next((r for r in n.get("resources_total", {}) if r.startswith(("head", "worker"))),
+                                   "?") for n in nodes}
+
+    def actors(self, class_name: str) -> list[dict]:
+        """Every actor of a class, dead ones included (Ray's state API keeps them for a while)."""
+        out = subprocess.run([_ray(), "list", "actors", "--address", self.address, "--format", "json", "--detail",
+                              "--limit", "10000", "--filter", f"class_name={class_name}"],
+                             capture_output=True, text=True, env=self.env, timeout=60)
+        return json.loads(out.stdout[out.stdout.index("["):]) if "[" in out.stdout else []
 
     def leftovers(self) -> list[int]:
         return [pid for node in self.nodes for pid in node.pids()]
@@ -152,10 +172,12 @@ def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict
     port, dashboard_port = free_port(), free_port()
     env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
-    cluster = LocalCluster(folder, f"127.0.0.1:{port}", env, f"http://127.0.0.1:{dashboard_port}")
+    # Short and unique: Ray's socket paths under it must stay below the 107-byte Unix socket limit.
+    temp_dir = Path("/tmp") / f"ray_tc_{port}"
+    cluster = LocalCluster(folder, f"127.0.0.1:{port}", env, f"http://127.0.0.1:{dashboard_port}", temp_dir)
     head = _start(cluster, "head", [
         "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-        "--ray-client-server-port", str(free_port()), "--temp-dir", str(Path("/tmp") / f"ray_{folder.name}"),
+        "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir),
     ], head_cpus, head_resources)
     cluster.nodes.append(head)
     try:

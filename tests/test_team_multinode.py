@@ -1,0 +1,130 @@
+"""`--address`: searches on a real multi-node Ray cluster (separate `ray start` processes on this host, token auth
+on), tracked by a real MLflow server; and a worker node killed mid-trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_small_dataset, start_mlflow_server, stop_process
+from mlflow.tracking import MlflowClient
+
+from tune_ct.cluster import start_local_cluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Head with no CPU (only GCS and the dashboard) + two 1-CPU workers; every process stopped afterwards."""
+    c = start_local_cluster(tmp_path / "cluster", head_cpus=0, head_resources={"head": 1})
+    try:
+        c.add_worker("worker1", 1, {"worker1": 1})
+        c.add_worker("worker2", 1, {"worker2": 1})
+        yield c
+    finally:
+        c.stop()
+        time.sleep(2)
+        assert not c.leftovers(), f"Ray processes left running: {c.leftovers()}"
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    proc, uri = start_mlflow_server(tmp_path / "mlflow")
+    yield uri
+    stop_process(proc)
+
+
+def children(client: MlflowClient, parent_id: str):
+    exp = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+def search(cluster, tmp_path, data, uri, space, *extra, wait=True):
+    env = {k: v for k, v in cluster.env.items() if not k.startswith("MLFLOW_TRACKING_")}
+    cmd = [sys.executable, "-m", "tune_ct.search", "--address", cluster.address, "--data", str(data), "--space",
+           str(REPO / "tests/spaces" / space), "--tracking-uri", uri, "--storage", str(tmp_path / "storage"),
+           "--experiment", "multinode", "--summary", str(tmp_path / "summary.json"), *extra]
+    log = open(tmp_path / "search.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+    return finish(proc, tmp_path) if wait else proc
+
+
+def finish(proc, tmp_path, timeout=600):
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert rc == 0, (tmp_path / "search.log").read_text()[-6000:]
+    return json.loads((tmp_path / "summary.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_search_on_two_node_cluster_uses_both_nodes(tmp_path, data_dir, cluster, tracking):
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
+    t0 = time.monotonic()
+    summary = search(cluster, tmp_path, data, tracking, "tiny.yaml", "--num-samples", "2", "--max-concurrent", "2",
+                     "--limit-per-class", "16")
+    client = MlflowClient(tracking)
+    runs = children(client, summary["parent_run_id"])
+    assert len(runs) == 2 == len({r.data.tags["tune_ct.trial_id"] for r in runs})
+    names = cluster.node_ids()
+    used = {names.get(a["node_id"], "?") for a in cluster.actors("RayTrainWorker")}
+    assert {"worker1", "worker2"} <= used, f"Train workers ran on {used}"
+    print(f"\n2 trials on {sorted(used)} in {time.monotonic() - t0:.0f}s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, data_dir, cluster, tracking):
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=40)
+    proc = search(cluster, tmp_path, data, tracking, "team_long.yaml", "--limit-per-class", "40", wait=False)
+    client = MlflowClient(tracking)
+    try:
+        # Wait for the first epoch (a checkpoint exists), then kill the raylet of the node running the trial.
+        victim, killed_epoch, deadline = None, 0, time.monotonic() + 480
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            exps = client.search_experiments(filter_string="name = 'multinode'")
+            if not exps:
+                continue
+            runs = client.search_runs([exps[0].experiment_id], filter_string="tags.`tune_ct.trial_id` != ''")
+            epochs = [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "val_macro_f1")]
+            if not epochs:
+                continue
+            alive = [a for a in cluster.actors("RayTrainWorker") if a["state"] == "ALIVE"]
+            names = cluster.node_ids()
+            if alive:
+                victim = names[alive[0]["node_id"]]
+                killed_epoch = max(epochs)
+        assert victim in ("worker1", "worker2"), (tmp_path / "search.log").read_text()[-4000:]
+        node = next(n for n in cluster.nodes if n.name == victim)
+        os.kill(node.raylet_pid(), signal.SIGKILL)
+        killed_at = time.monotonic()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    summary = finish(proc, tmp_path)
+    recovered = time.monotonic() - killed_at
+    runs = children(client, summary["parent_run_id"])
+    assert len(runs) == 1 and summary["trials"] == 1 and summary["trials_errored"] == 0
+    (run,) = runs
+    assert run.info.status == "FINISHED" and run.data.tags["epochs_run"] == "10"
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1"))
+    assert steps == list(range(1, 11)), f"each epoch once, in the one child run: {steps}"
+    names = cluster.node_ids()
+    survivor = {"worker1": "worker2", "worker2": "worker1"}[victim]
+    used = {names.get(a["node_id"], "?") for a in cluster.actors("RayTrainWorker")}
+    assert survivor in used, f"the trial did not move to {survivor}: workers ran on {used}"
+    print(f"\nkilled {victim}'s raylet after epoch {killed_epoch}; trial finished on {survivor} "
+          f"{recovered:.0f}s later; trials lost 0, child runs {len(runs)}")
