@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the search --name (default: the newest) under --storage after its driver died: "
                    "finished trials are kept, unfinished ones resume from their checkpoints, same MLflow runs")
+    p.add_argument("--searcher", choices=["tpe", "random"], default="tpe",
+                   help="tpe: Optuna TPE (default); random: Tune's random sampling, the baseline for benchmarks")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
+                   help="asha: stop weak trials early (default); none: every trial runs all its epochs")
     p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
                    help="local pretrained weights for a backbone (repeatable); without it, train from scratch")
     args = p.parse_args(argv)
@@ -149,8 +153,10 @@ def start_parent_run(client, experiment_id: str, run_name: str, space: Space, pr
         "num_samples": num_samples, "max_concurrent": max_concurrent, "seed": args.seed, "metric": space.metric,
         "grace_period": space.search["grace_period"], "reduction_factor": space.search["reduction_factor"],
         "workers_per_trial": space.search["workers_per_trial"], "gpus_per_worker": gpus_per_worker,
-        "n_trainval_images": len(prep.trainval_entries), "storage": storage, "sampler": "optuna.TPESampler",
-        "scheduler": "ASHA", "pretrained": ",".join(weights) or "none (from scratch)",
+        "n_trainval_images": len(prep.trainval_entries), "storage": storage,
+        "sampler": {"tpe": "optuna.TPESampler", "random": "random"}[args.searcher],
+        "scheduler": {"asha": "ASHA", "none": "none"}[args.scheduler],
+        "pretrained": ",".join(weights) or "none (from scratch)",
     }.items()])
     client.log_artifact(parent_id, str(space.path))
 
@@ -179,6 +185,7 @@ def run_search(args: argparse.Namespace) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     local_artifacts = None if tracking_uri.startswith(("http://", "https://", "databricks")) else Path("mlartifacts")
     client = MlflowClient(tracking_uri)
@@ -241,10 +248,12 @@ def run_search(args: argparse.Namespace) -> dict:
             param_space=space.tune_space(),
             tune_config=tune.TuneConfig(
                 metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
-                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.seed)),
+                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.seed))
+                if args.searcher == "tpe" else BasicVariantGenerator(random_state=args.seed),
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
                                         grace_period=min(space.search["grace_period"], space.max_epochs),
-                                        reduction_factor=space.search["reduction_factor"]),
+                                        reduction_factor=space.search["reduction_factor"])
+                if args.scheduler == "asha" else None,
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(name=run_name, storage_path=storage, callbacks=[tracker],
