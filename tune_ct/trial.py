@@ -103,6 +103,41 @@ def batches(indices: np.ndarray, batch_size: int, drop_last: bool):
         yield np.sort(indices[start : start + batch_size])  # sorted reads are sequential in the memmap
 
 
+def train_epoch(model, optimizer, scheduler, pixels: np.ndarray, labels: torch.Tensor, order: np.ndarray,
+                batch_size: int, aug: Augment, generator: torch.Generator, device: torch.device,
+                dtype: torch.dtype | None, weight: torch.Tensor | None = None,
+                label_smoothing: float = 0.0) -> tuple[float, int, dict[str, float]]:
+    """One pass over `order` (rows of the uint8 cache): (loss sum, images seen, seconds in data / compute).
+
+    A function of its own so that bench/throughput.py times exactly the step the trials run."""
+    from tune_ct.models import regularization_loss
+
+    model.train()
+    timing = {"data": 0.0, "compute": 0.0}
+    loss_sum, seen = 0.0, 0
+    for rows in batches(order, batch_size, drop_last=True):
+        t = time.perf_counter()
+        x = torch.from_numpy(np.asarray(pixels[rows])).to(device, non_blocking=True)
+        y = labels[rows].to(device, non_blocking=True)
+        x = augment(x, aug, generator).contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+        timing["data"] += t1 - t
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing)
+            reg = regularization_loss(model)
+            if reg is not None:
+                loss = loss + reg
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += float(loss.detach()) * len(rows)
+        seen += len(rows)
+        timing["compute"] += time.perf_counter() - t1
+    return loss_sum, seen, timing
+
+
 def predict(model, pixels: np.ndarray, indices: np.ndarray, batch_size: int, device, dtype) -> np.ndarray:
     """Softmax probabilities (N x 4, float32) for the given rows of a uint8 image array, in indices' order."""
     # The bare module: DDP's forward may broadcast buffers, a collective that uneven val shards would deadlock.
@@ -150,7 +185,7 @@ def train_worker(loop_config: dict) -> None:
     import ray.train.torch
 
     from tune_ct.cache import open_or_build
-    from tune_ct.models import build_model, regularization_loss
+    from tune_ct.models import build_model
 
     hp, run = loop_config["hp"], RunSettings(**loop_config["run"])
     ctx = ray.train.get_context()
@@ -201,31 +236,10 @@ def train_worker(loop_config: dict) -> None:
         order = np.random.default_rng(run.seed * 1000 + epoch).permutation(train_idx)
         # Equal shards: under DDP every rank must run the same number of steps or the all-reduce hangs.
         order = order[: len(order) - len(order) % world][rank::world]
-        model.train()
-        timing = {"data": 0.0, "compute": 0.0}
-        loss_sum, seen = 0.0, 0
         t_epoch = time.perf_counter()
-        for rows in batches(order, batch_size, drop_last=True):
-            t = time.perf_counter()
-            x = torch.from_numpy(np.asarray(data.pixels[rows])).to(device, non_blocking=True)
-            y = labels_all[rows].to(device, non_blocking=True)
-            x = augment(x, aug, generator).contiguous(memory_format=torch.channels_last)
-            t1 = time.perf_counter()
-            timing["data"] += t1 - t
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=weight,
-                                       label_smoothing=float(hp.get("label_smoothing", 0.0)))
-                reg = regularization_loss(model)
-                if reg is not None:
-                    loss = loss + reg
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(loss.detach()) * len(rows)
-            seen += len(rows)
-            timing["compute"] += time.perf_counter() - t1
+        loss_sum, seen, timing = train_epoch(model, optimizer, scheduler, data.pixels, labels_all, order, batch_size,
+                                             aug, generator, device, dtype, weight,
+                                             float(hp.get("label_smoothing", 0.0)))
         train_seconds = time.perf_counter() - t_epoch
 
         t = time.perf_counter()

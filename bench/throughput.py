@@ -1,0 +1,228 @@
+"""Training throughput: tune_ct's trial step vs a bare PyTorch loop on the same cached uint8 tensors, and the bare
+loop's achieved GFLOP/s vs this machine's measured fp32 matmul ceiling.
+
+    python bench/throughput.py --data DIR --workdir WD --json bench/results/throughput.json
+
+Every variant runs in the same process, interleaved round by round (bare, bare channels_last, tune_ct, matmul),
+so load from other users of a shared machine hits them alike; compare the ratios, not the absolute numbers.
+Variants:
+  bare            uint8 memmap rows -> float / 255 -> model -> cross-entropy -> AdamW (no augmentation)
+  bare_cl         the same with model and input in channels_last (what the trial uses)
+  tune_ct         tune_ct.trial.train_epoch: the trial's exact step (batch augmentation, channels_last,
+                  class weights, cosine schedule, autocast per `precision: auto`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from tune_ct.augment import Augment
+from tune_ct.cache import open_or_build
+from tune_ct.data import prepare
+from tune_ct.models import build_model
+from tune_ct.trial import autocast_dtype, class_weights, train_epoch
+
+# The trial's augmentation at the middle of cpu_quick.yaml's ranges.
+AUG = Augment(rotation_deg=5.0, crop_scale_min=0.85, brightness=0.075, contrast=0.1)
+
+
+@dataclass
+class Row:
+    model: str
+    image_size: int
+    batch_size: int
+    threads: int
+    bare_img_s: float
+    bare_cl_img_s: float
+    tune_ct_img_s: float
+    tune_ct_vs_bare: float  # median over rounds of the per-round ratio
+    tune_ct_vs_bare_cl: float
+    tune_ct_data_share: float  # share of tune_ct's step time spent reading + augmenting the batch
+    gflop_per_image: float  # forward + backward, counted by FlopCounterMode
+    bare_gflop_s: float
+    matmul_gflop_s: float  # best of the rounds
+    bare_share_of_ceiling: float
+    tune_ct_precision: str
+
+
+def matmul_gflop_s(n: int = 1024, reps: int = 6) -> float:
+    """fp32 matmul ceiling with the current thread count: best of `reps` (the least disturbed by other users)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def train_flops_per_image(model: torch.nn.Module, size: int, batch: int) -> float:
+    x = torch.randn(batch, 1, size, size)
+    y = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def bare_steps(model, optimizer, pixels, labels, order, batch_size, channels_last: bool) -> tuple[int, float]:
+    """The plain loop: no augmentation, no schedule, no class weights."""
+    model.train()
+    seen, t = 0, time.perf_counter()
+    for start in range(0, len(order) - batch_size + 1, batch_size):
+        rows = np.sort(order[start : start + batch_size])
+        x = torch.from_numpy(np.asarray(pixels[rows])).unsqueeze(1).float().div_(255.0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(x), labels[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seen += len(rows)
+    return seen, time.perf_counter() - t
+
+
+def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int, rounds: int,
+            threads: int) -> Row:
+    device = torch.device("cpu")
+    dtype = autocast_dtype("auto", device)
+
+    def fresh(channels_last: bool):
+        torch.manual_seed(0)
+        model = build_model(name, size)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+
+    bare, bare_opt = fresh(False)
+    bare_cl, bare_cl_opt = fresh(True)
+    tct, tct_opt = fresh(True)
+    sched = torch.optim.lr_scheduler.LambdaLR(tct_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / 1000))))
+    weight = class_weights(labels.numpy()[train_idx])
+    flops = train_flops_per_image(bare, size, batch_size)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    n = steps * batch_size
+    # One warm-up step each (allocator, oneDNN primitive caches) before any timing.
+    warm = rng.permutation(train_idx)[:batch_size]
+    bare_steps(bare, bare_opt, pixels, labels, warm, batch_size, False)
+    bare_steps(bare_cl, bare_cl_opt, pixels, labels, warm, batch_size, True)
+    train_epoch(tct, tct_opt, sched, pixels, labels, warm, batch_size, AUG, gen, device, dtype, weight)
+
+    speed = {"bare": [], "bare_cl": [], "tune_ct": []}
+    data_share, ceilings = [], []
+    for _ in range(rounds):
+        order = rng.permutation(train_idx)[:n]
+        seen, sec = bare_steps(bare, bare_opt, pixels, labels, order, batch_size, False)
+        speed["bare"].append(seen / sec)
+        seen, sec = bare_steps(bare_cl, bare_cl_opt, pixels, labels, order, batch_size, True)
+        speed["bare_cl"].append(seen / sec)
+        t = time.perf_counter()
+        _, seen, timing = train_epoch(tct, tct_opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
+                                      dtype, weight)
+        speed["tune_ct"].append(seen / (time.perf_counter() - t))
+        data_share.append(timing["data"] / max(1e-9, timing["data"] + timing["compute"]))
+        ceilings.append(matmul_gflop_s())
+        print(f"  {name}@{size}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in speed.items()) + " img/s", flush=True)
+
+    med = {k: statistics.median(v) for k, v in speed.items()}
+    ratio = statistics.median(t / b for t, b in zip(speed["tune_ct"], speed["bare"]))
+    ratio_cl = statistics.median(t / b for t, b in zip(speed["tune_ct"], speed["bare_cl"]))
+    ceiling = max(ceilings)
+    gflop_s = med["bare"] * flops / 1e9
+    return Row(name, size, batch_size, threads, round(med["bare"], 1), round(med["bare_cl"], 1),
+               round(med["tune_ct"], 1), round(ratio, 3), round(ratio_cl, 3), round(statistics.median(data_share), 3),
+               round(flops / 1e9, 4), round(gflop_s, 1), round(ceiling, 1), round(gflop_s / ceiling, 3),
+               str(dtype).replace("torch.", "") if dtype else "float32")
+
+
+def bf16_vs_fp32(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int,
+                 rounds: int) -> dict:
+    """The trial step with autocast bf16 vs fp32, interleaved: justifies `precision: auto` on this CPU."""
+    device = torch.device("cpu")
+    out = {"bf16": [], "fp32": []}
+    models = {}
+    for key in out:
+        torch.manual_seed(0)
+        model = build_model(name, size).to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        models[key] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
+    dtypes = {"bf16": torch.bfloat16, "fp32": None}
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(1)
+    for r in range(rounds + 1):  # round 0 is warm-up
+        order = rng.permutation(train_idx)[: steps * batch_size]
+        for key, (model, opt, sched) in models.items():
+            t = time.perf_counter()
+            _, seen, _ = train_epoch(model, opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
+                                     dtypes[key])
+            if r:
+                out[key].append(seen / (time.perf_counter() - t))
+    ratio = statistics.median(b / f for b, f in zip(out["bf16"], out["fp32"]))
+    return {"model": name, "image_size": size, "bf16_img_s": round(statistics.median(out["bf16"]), 1),
+            "fp32_img_s": round(statistics.median(out["fp32"]), 1), "bf16_vs_fp32": round(ratio, 3),
+            "cpu_has_avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+            "auto_picks": str(autocast_dtype("auto", device))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--workdir", type=Path, required=True, help="manifest + caches (reused between runs)")
+    p.add_argument("--limit-per-class", type=int, default=300)
+    p.add_argument("--models", nargs="+", default=["baseline_cnn", "resnet18"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6, help="training steps per variant per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (a 1-CPU trial worker uses 1)")
+    p.add_argument("--bf16-check", default="resnet18:64", help="MODEL:SIZE for the bf16 vs fp32 check ('' to skip)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    prep = prepare(args.data, args.workdir.resolve(), limit_per_class=args.limit_per_class, log=lambda *a: None)
+    rows, caches = [], {}
+    for size in args.sizes:
+        caches[size] = open_or_build(prep.trainval_path, size, args.workdir.resolve() / "cache")
+    for size in args.sizes:
+        data = caches[size]
+        labels, train_idx = torch.from_numpy(data.labels), data.indices("train")
+        for name in args.models:
+            rows.append(measure(name, size, data.pixels, labels, train_idx, args.batch_size, args.steps,
+                                args.rounds, args.threads))
+            print(json.dumps(asdict(rows[-1])), flush=True)
+    bf16 = None
+    if args.bf16_check:
+        name, size = args.bf16_check.split(":")
+        data = caches.get(int(size)) or open_or_build(prep.trainval_path, int(size), args.workdir.resolve() / "cache")
+        bf16 = bf16_vs_fp32(name, int(size), data.pixels, torch.from_numpy(data.labels), data.indices("train"),
+                            args.batch_size, max(2, args.steps // 2), args.rounds)
+        print(json.dumps(bf16), flush=True)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__, "threads": args.threads, "limit_per_class": args.limit_per_class,
+           "rows": [asdict(r) for r in rows], "bf16_vs_fp32": bf16}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+    print(f"\n{'model':<13}{'px':>5}{'bare':>9}{'bare_cl':>9}{'tune_ct':>9}{'ratio':>7}{'GFLOP/s':>9}{'ceil':>7}")
+    for r in rows:
+        print(f"{r.model:<13}{r.image_size:>5}{r.bare_img_s:>9}{r.bare_cl_img_s:>9}{r.tune_ct_img_s:>9}"
+              f"{r.tune_ct_vs_bare:>7}{r.bare_gflop_s:>9}{r.matmul_gflop_s:>7}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
