@@ -1,0 +1,135 @@
+"""Trial overhead: the share of a trial's wall time spent outside the training loop, inside Ray Tune + Ray Train.
+
+    python bench/overhead.py --data DIR --out /tmp/oh --json bench/results/overhead.json
+
+Runs the same small search (`python -m tune_ct.search`, random sampler, no early stopping, one trial at a time)
+once per variant, variants interleaved when --repeats > 1:
+  ray_default   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2.0 (Ray's default): the Train controller polls its workers,
+                and so hands reports to Tune and notices the end of a trial, every 2 s
+                and starts a preemption-watcher actor per trial (Ray's defaults)
+  tune_ct       what tune_ct.trial sets when the user sets nothing (TRAIN_ENV_DEFAULTS: 0.5 s, no watcher)
+Per trial: wall = its MLflow child run's start to end (opened and closed by Tune callbacks on the driver);
+in-loop = the per-epoch `time_data_s + time_compute_s + time_val_s` the trial reports; the rest is split into
+checkpoint (`time_checkpoint_s`), cache open (`time_cache_s`) and other (trial + worker-group start, reporting,
+teardown).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPACE = """description: bench/overhead.py (generated)
+search:
+  metric: val_macro_f1
+  num_samples: {trials}
+  max_concurrent: 1
+  grace_period: 1
+  reduction_factor: 2
+  workers_per_trial: 1
+  cpus_per_worker: 1
+params:
+  backbone: baseline_cnn
+  image_size: {image_size}
+  lr: {{loguniform: [3.0e-4, 3.0e-3]}}
+  weight_decay: 1.0e-4
+  batch_size: 32
+  epochs: {epochs}
+  aug_rotation_deg: 5.0
+  aug_crop_scale_min: 0.85
+"""
+
+VARIANTS = {"ray_default": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"},
+            "tune_ct": {}}
+
+
+def trial_rows(out: Path, name: str) -> list[dict]:
+    from mlflow.tracking import MlflowClient
+
+    summary = json.loads((out / f"summary-{name}.json").read_text())
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    rows = []
+    for run_id in summary["child_run_ids"]:
+        info = client.get_run(run_id).info
+        wall = (info.end_time - info.start_time) / 1000.0
+        trial_id = client.get_run(run_id).data.tags.get("tune_ct.trial_id")
+        results = [json.loads(line) for p in (out / "ray_results" / name).glob(f"*{trial_id}*/result.json")
+                   for line in p.read_text().splitlines() if line.strip()]
+        total = {k: sum(r.get(f"time_{k}_s", 0.0) or 0.0 for r in results)
+                 for k in ("data", "compute", "val", "checkpoint", "cache")}
+        loop = total["data"] + total["compute"] + total["val"]
+        other = wall - loop - total["checkpoint"] - total["cache"]
+        rows.append({"trial": trial_id, "epochs": len(results), "wall_s": round(wall, 2), "in_loop_s": round(loop, 2),
+                     "checkpoint_s": round(total["checkpoint"], 2), "cache_s": round(total["cache"], 2),
+                     "other_s": round(other, 2), "overhead_share": round(1 - loop / wall, 3),
+                     "train_images_per_s": round(statistics.median(r["train_images_per_s"] for r in results), 1)})
+    return rows
+
+
+def run(args, variant: str, repeat: int, space: Path) -> list[dict]:
+    name = f"{variant}-r{repeat}"
+    if not (args.out / f"summary-{name}.json").exists():
+        env = {k: v for k, v in os.environ.items() if k not in VARIANTS["ray_default"]}
+        env.update(VARIANTS[variant])
+        cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space),
+               "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--searcher", "random",
+               "--scheduler", "none", "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"),
+               "--name", name, "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "overhead",
+               "--summary", str(args.out / f"summary-{name}.json")]
+        t = time.monotonic()
+        with open(args.out / f"{name}.log", "w") as log:
+            code = subprocess.call(cmd, cwd=args.out, stdout=log, stderr=subprocess.STDOUT, env=env)
+        print(f"{name}: exit {code} in {time.monotonic() - t:.0f}s", flush=True)
+        if code:
+            raise SystemExit(f"{name} failed; see {args.out / (name + '.log')}")
+    rows = trial_rows(args.out, name)
+    for r in rows:
+        r.update(variant=variant, repeat=repeat)
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--limit-per-class", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    space = args.out / "space.yaml"
+    space.write_text(SPACE.format(trials=args.trials, image_size=args.image_size, epochs=args.epochs))
+    rows = [r for rep in range(args.repeats) for v in args.variants for r in run(args, v, rep, space)]
+    summary = {}
+    for v in args.variants:
+        mine = [r for r in rows if r["variant"] == v]
+        if mine:
+            wall = sum(r["wall_s"] for r in mine)
+            summary[v] = {"trials": len(mine), "mean_wall_s": round(wall / len(mine), 1),
+                          "overhead_share": round(1 - sum(r["in_loop_s"] for r in mine) / wall, 3),
+                          "other_s_per_trial": round(statistics.mean(r["other_s"] for r in mine), 2),
+                          "checkpoint_s_per_trial": round(statistics.mean(r["checkpoint_s"] for r in mine), 2),
+                          "cache_s_per_trial": round(statistics.mean(r["cache_s"] for r in mine), 2)}
+    print(json.dumps(summary, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
+                                         "settings": {k: str(v) for k, v in vars(args).items()},
+                                         "summary": summary, "trials": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
