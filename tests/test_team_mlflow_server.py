@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE = REPO / "mlflow_server/serve.py"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/15/bin"),
+             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
 
 
 def serve(root: Path, *extra: str, env: dict | None = None, port: int | None = None):
@@ -112,7 +113,7 @@ def test_basic_auth_password_from_file_never_in_argv_or_repo(tmp_path):
 
 @pytest.fixture
 def postgres():
-    """A throw-away PostgreSQL 15 cluster on 127.0.0.1 (Debian packages), run as the postgres user."""
+    """A throw-away PostgreSQL cluster on 127.0.0.1 (Debian packages), run as the postgres user."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip("PostgreSQL server not installed: apt-get install -y postgresql")
     folder = Path(tempfile.mkdtemp(prefix="tune_ct_pg_", dir="/tmp"))

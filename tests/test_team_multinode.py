@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def cluster(tmp_path):
     """Head with no CPU (only GCS and the dashboard) + two 1-CPU workers; every process stopped afterwards."""
-    c = start_local_cluster(tmp_path / "cluster", head_cpus=0, head_resources={"head": 1})
+    c = start_local_cluster(tmp_path / "cluster", head_cpus=0, head_resources={"head": 1}, timeout=300)
     try:
-        c.add_worker("worker1", 1, {"worker1": 1})
-        c.add_worker("worker2", 1, {"worker2": 1})
+        c.add_worker("worker1", 1, {"worker1": 1}, timeout=240)
+        c.add_worker("worker2", 1, {"worker2": 1}, timeout=240)
         yield c
     finally:
         c.stop()
@@ -112,7 +112,9 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
         os.kill(node.raylet_pid(), signal.SIGKILL)
         killed_at = time.monotonic()
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         raise
     summary = finish(proc, tmp_path)
     recovered = time.monotonic() - killed_at
