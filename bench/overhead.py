@@ -65,9 +65,17 @@ def trial_rows(out: Path, name: str) -> list[dict]:
                  for k in ("data", "compute", "val", "checkpoint", "cache")}
         loop = total["data"] + total["compute"] + total["val"]
         other = wall - loop - total["checkpoint"] - total["cache"]
+        results.sort(key=lambda r: r["epoch"])
+        # time_total_s counts from the trial actor's start: before the first report it is all start-up (trial
+        # actor, Train controller, worker group, imports) plus epoch 1; after the last one, teardown + closing.
+        first, last = results[0], results[-1]
+        first_work = sum(first.get(f"time_{k}_s", 0.0) or 0.0 for k in ("data", "compute", "val", "checkpoint", "cache"))
+        startup = first["time_total_s"] - first_work
+        teardown = wall - last["time_total_s"]
         rows.append({"trial": trial_id, "epochs": len(results), "wall_s": round(wall, 2), "in_loop_s": round(loop, 2),
                      "checkpoint_s": round(total["checkpoint"], 2), "cache_s": round(total["cache"], 2),
-                     "other_s": round(other, 2), "overhead_share": round(1 - loop / wall, 3),
+                     "other_s": round(other, 2), "startup_s": round(startup, 2), "teardown_s": round(teardown, 2),
+                     "between_epochs_s": round(other - startup - teardown, 2), "overhead_share": round(1 - loop / wall, 3),
                      "train_images_per_s": round(statistics.median(r["train_images_per_s"] for r in results), 1)})
     return rows
 
@@ -120,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             summary[v] = {"trials": len(mine), "mean_wall_s": round(wall / len(mine), 1),
                           "overhead_share": round(1 - sum(r["in_loop_s"] for r in mine) / wall, 3),
                           "other_s_per_trial": round(statistics.mean(r["other_s"] for r in mine), 2),
+                          **{f"{k}_per_trial": round(statistics.mean(r[k] for r in mine), 2)
+                             for k in ("startup_s", "teardown_s", "between_epochs_s")},
                           "checkpoint_s_per_trial": round(statistics.mean(r["checkpoint_s"] for r in mine), 2),
                           "cache_s_per_trial": round(statistics.mean(r["cache_s"] for r in mine), 2)}
     print(json.dumps(summary, indent=1))

@@ -3,11 +3,20 @@
     python bench/search_efficiency.py --data DIR --out /tmp/se --seeds 0 1 2 --json bench/results/search_efficiency.json \
         --plot bench/results/search_efficiency.png
 
-Each (method, seed) is one `python -m tune_ct.search` run (a subprocess, as a user runs it) on the same generated
-space: random = `--searcher random --scheduler none`, TPE + ASHA = the defaults. The seed picks the data subset
-(`--limit-per-class`), the split of the budget between methods does not: both methods of one seed see the same
-train/val/test files. Budget spent = epochs reported so far by all trials (one Tune result = one trial-epoch),
-ordered by report time. `--analyse-only` re-reads finished runs under --out.
+Both methods are configured as `tune_ct.search` configures them: TPE + ASHA = OptunaSearch(TPESampler(seed)) +
+ASHAScheduler(time_attr="epoch", grace_period=1, reduction_factor=2); random = Tune's BasicVariantGenerator with
+no scheduler (`--searcher random --scheduler none`). The seed picks the data subset (`--limit-per-class`, as the
+CLI does) and the samplers; both methods of one seed see the same train/val/test files.
+
+--mode inproc (default): one Ray Tune run per (method, seed) in this process, over a function trainable that runs
+  the trial's own step (`tune_ct.trial.train_epoch`, val macro-F1 from `tune_ct.metrics`) with reused actors but no
+  Ray Train worker group per trial. The algorithms and the budget accounting are the same as the CLI's; what it
+  leaves out is the per-trial process start-up, which on a 2-core machine under load made the CLI mode take hours.
+--mode cli: each (method, seed) is a `python -m tune_ct.search` subprocess (`--analyse-only` re-reads them).
+
+Budget spent = epochs reported so far by all trials (one report = one trial-epoch), in report order. Random gets
+--random-trials full trials; TPE + ASHA gets --asha-trials samples and is cut at the same budget. The winner of
+each search (best val macro-F1 within the budget) is evaluated once on the locked test subset.
 """
 
 from __future__ import annotations
@@ -115,6 +124,101 @@ def run_search(args, method: str, seed: int, space: Path, num_samples: int) -> N
         raise SystemExit(f"{name} failed; see {args.out / (name + '.log')}")
 
 
+def inproc_trainable(config: dict, settings: dict) -> None:
+    """A Tune function trainable: the trial's training step and val metric, one report per epoch."""
+    import ray.tune
+    import torch
+
+    from tune_ct.augment import Augment
+    from tune_ct.cache import open_or_build
+    from tune_ct.metrics import classification_metrics
+    from tune_ct.models import build_model
+    from tune_ct.trial import class_weights, predict, train_epoch
+
+    torch.set_num_threads(1)
+    size, epochs, seed = int(config["image_size"]), int(config["epochs"]), settings["seed"]
+    data = open_or_build(Path(settings["subset"]), size, Path(settings["cache"]))
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+    torch.manual_seed(seed)
+    model = build_model(config["backbone"], size).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
+    batch_size = int(config["batch_size"])
+    total = epochs * max(1, len(train_idx) // batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * min(1.0, s / total))))
+    weight, labels = class_weights(data.labels[train_idx]), torch.from_numpy(data.labels)
+    aug, gen, device = Augment.from_config(config), torch.Generator().manual_seed(seed), torch.device("cpu")
+    trial_id = ray.tune.get_context().get_trial_id()
+    for epoch in range(epochs):
+        order = np.random.default_rng(seed * 1000 + epoch).permutation(train_idx)
+        train_epoch(model, optimizer, scheduler, data.pixels, labels, order, batch_size, aug, gen, device, None, weight)
+        probs = predict(model, data.pixels, val_idx, 64, device, None)
+        f1 = classification_metrics(data.labels[val_idx], probs.argmax(1), prefix="val_")["val_macro_f1"]
+        ckpt = Path(settings["ckpt_dir"]) / f"{trial_id}-e{epoch + 1}.pt"
+        torch.save(model.state_dict(), ckpt)
+        ray.tune.report({"epoch": epoch + 1, "val_macro_f1": float(f1), "ckpt": str(ckpt), "wall": time.time()})
+
+
+def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int) -> SearchRun:
+    import optuna
+    import torch
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_ct.evaluate import evaluate_model, write_test_subset
+    from tune_ct.models import build_model
+    from tune_ct.space import load_space
+
+    space = load_space(space_path)
+    name = f"{method}-s{seed}"
+    ckpt_dir = args.out / "ckpt" / name
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"seed": seed, "subset": str(prep.trainval_path), "cache": str(args.out / "wd" / "cache"),
+                "ckpt_dir": str(ckpt_dir)}
+    tpe = method == "tpe_asha"
+    started = time.monotonic()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(inproc_trainable, settings=settings), {"cpu": 1}),
+        param_space=space.tune_space(),
+        tune_config=tune.TuneConfig(
+            metric="val_macro_f1", mode="max", max_concurrent_trials=args.max_concurrent,
+            num_samples=args.asha_trials if tpe else args.random_trials,
+            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed)) if tpe
+            else BasicVariantGenerator(random_state=seed),
+            scheduler=ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=1, reduction_factor=2)
+            if tpe else None,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(args.out / "ray_results"), verbose=0),
+    )
+    results = tuner.fit()
+    rows = []
+    for result in results:
+        df = result.metrics_dataframe
+        if df is not None and "val_macro_f1" in df:
+            rows += df[["trial_id", "epoch", "val_macro_f1", "ckpt", "wall"]].dropna().to_dict("records")
+    rows = sorted(rows, key=lambda r: r["wall"])
+    used = len(rows)
+    rows = rows[:budget]  # the same budget for both methods
+    best, curve, win = -1.0, [], None
+    for i, r in enumerate(rows, 1):
+        if r["val_macro_f1"] > best:
+            best, win = r["val_macro_f1"], (i, r)
+        curve.append(best)
+    at, winner = win
+    model = build_model("baseline_cnn", args.image_size)  # the generated space fixes the backbone
+    model.load_state_dict(torch.load(winner["ckpt"], map_location="cpu", weights_only=True))
+    test_subset = write_test_subset(prep.manifest, prep.root, args.out / "wd", args.limit_per_class, seed)
+    test = evaluate_model(model.eval(), args.image_size, test_subset, args.out / "wd" / "cache").headline()
+    run = SearchRun(method, seed, list(range(1, len(rows) + 1)), curve, len(results), float(best),
+                    float(test["macro_f1"]), at, round(time.monotonic() - started, 1))
+    (args.out / f"inproc-{name}.json").write_text(json.dumps({**asdict(run), "budget_used_total": used}))
+    print(f"{name}: {len(results)} trials, {used} trial-epochs, best val {best:.3f}, test {test['macro_f1']:.3f}, "
+          f"{run.seconds:.0f}s", flush=True)
+    return run
+
+
 def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
     import matplotlib
 
@@ -143,17 +247,45 @@ def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
     plt.close(fig)
 
 
+def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
+    import ray
+
+    from tune_ct.cache import open_or_build
+    from tune_ct.data import prepare
+
+    runs = []
+    ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
+    try:
+        for seed in args.seeds:
+            done = {m: args.out / f"inproc-{m}-s{seed}.json" for m in METHODS}
+            if all(f.exists() for f in done.values()):
+                runs += [SearchRun(**{k: v for k, v in json.loads(f.read_text()).items() if k != "budget_used_total"})
+                         for f in done.values()]
+                continue
+            # The seed picks the data subset, as `tune_ct.search --seed` does; build its cache before the trials.
+            prep = prepare(args.data, args.out / "wd", seed=seed, limit_per_class=args.limit_per_class,
+                           log=lambda *a: None)
+            open_or_build(prep.trainval_path, args.image_size, args.out / "wd" / "cache")
+            for method in METHODS:
+                runs.append(run_inproc(args, method, seed, space, prep, budget))
+    finally:
+        ray.shutdown()
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True, help="working folder (runs, logs, MLflow, Ray storage)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--limit-per-class", type=int, default=250)
+    p.add_argument("--limit-per-class", type=int, default=200)
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--random-trials", type=int, default=6, help="budget = this x --epochs trial-epochs")
-    p.add_argument("--asha-trials", type=int, default=12, help="TPE + ASHA samples (ASHA spends ~half per trial)")
+    p.add_argument("--asha-trials", type=int, default=16,
+                   help="TPE + ASHA samples; its reports are cut at the random search's budget")
     p.add_argument("--max-concurrent", type=int, default=2)
+    p.add_argument("--mode", choices=["inproc", "cli"], default="inproc")
     p.add_argument("--analyse-only", action="store_true")
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
@@ -164,12 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     space.write_text(SPACE.format(max_concurrent=args.max_concurrent, image_size=args.image_size,
                                   epochs=args.epochs))
     budget = args.random_trials * args.epochs
-    if not args.analyse_only:
-        for seed in args.seeds:
-            run_search(args, "random", seed, space, args.random_trials)
-            run_search(args, "tpe_asha", seed, space, args.asha_trials)
-
-    runs = [r for seed in args.seeds for m in METHODS if (r := analyse(args.out, m, seed))]
+    if args.mode == "cli":
+        if not args.analyse_only:
+            for seed in args.seeds:
+                run_search(args, "random", seed, space, args.random_trials)
+                run_search(args, "tpe_asha", seed, space, args.asha_trials)
+        runs = [r for seed in args.seeds for m in METHODS if (r := analyse(args.out, m, seed))]
+    else:
+        runs = inproc_runs(args, space, budget)
     per_seed = []
     for seed in args.seeds:
         by = {r.method: r for r in runs if r.seed == seed}
