@@ -155,7 +155,10 @@ def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, 
            "--max-worker-port", str(worker_lo + 199), "--disable-usage-stats", *extra]
     for flag, port in ports.items():
         cmd += [flag, str(port)]
-    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=cluster.env,
+    # RAY_ADDRESS in the nodes' environment: Ray Train's placement-group cleaner (an actor) otherwise stops with
+    # "Found multiple active Ray instances" when other Ray clusters run on the same host.
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # its own process group: stop() kills exactly this node
     return Node(name, proc, log)
 
