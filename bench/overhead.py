@@ -4,10 +4,10 @@
 
 Runs the same small search (`python -m tune_ct.search`, random sampler, no early stopping, one trial at a time)
 once per variant, variants interleaved when --repeats > 1:
-  ray_default   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=2.0 (Ray's default): the Train controller polls its workers,
-                and so hands reports to Tune and notices the end of a trial, every 2 s
-                and starts a preemption-watcher actor per trial (Ray's defaults)
-  tune_ct       what tune_ct.trial sets when the user sets nothing (TRAIN_ENV_DEFAULTS: 0.5 s, no watcher)
+  before   the tune_ct package extracted from --before-commit (`git archive`), put first on PYTHONPATH (Ray's
+           workers inherit it), with Ray Train's defaults set explicitly (controller polls every 2 s, a
+           preemption-watcher actor per trial)
+  after    the working tree's tune_ct with what tune_ct.trial sets (TRAIN_ENV_DEFAULTS) and its lazy imports
 Per trial: wall = its MLflow child run's start to end (opened and closed by Tune callbacks on the driver);
 in-loop = the per-epoch `time_data_s + time_compute_s + time_val_s` the trial reports; the rest is split into
 checkpoint (`time_checkpoint_s`), cache open (`time_cache_s`) and other (trial + worker-group start, reporting,
@@ -45,8 +45,20 @@ params:
   aug_crop_scale_min: 0.85
 """
 
-VARIANTS = {"ray_default": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"},
-            "tune_ct": {}}
+RAY_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
+VARIANTS = ("before", "after")
+
+
+def before_source(out: Path, commit: str) -> Path:
+    """The tune_ct package as of `commit`, extracted (not checked out: the working tree is shared)."""
+    folder = out / f"src-{commit}"
+    if not (folder / "tune_ct").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parents[1]
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "tune_ct"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
 
 
 def trial_rows(out: Path, name: str) -> list[dict]:
@@ -83,8 +95,9 @@ def trial_rows(out: Path, name: str) -> list[dict]:
 def run(args, variant: str, repeat: int, space: Path) -> list[dict]:
     name = f"{variant}-r{repeat}"
     if not (args.out / f"summary-{name}.json").exists():
-        env = {k: v for k, v in os.environ.items() if k not in VARIANTS["ray_default"]}
-        env.update(VARIANTS[variant])
+        env = {k: v for k, v in os.environ.items() if k not in RAY_DEFAULTS}
+        if variant == "before":
+            env.update(RAY_DEFAULTS, PYTHONPATH=str(before_source(args.out, args.before_commit)))
         cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space),
                "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--searcher", "random",
                "--scheduler", "none", "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"),
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-per-class", type=int, default=300)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--before-commit", default="0c72c4c", help="the 'before' code (the last commit before the changes)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.out = args.out.resolve()
