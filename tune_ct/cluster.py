@@ -88,10 +88,19 @@ class LocalCluster:
 
     def add_worker(self, name: str, num_cpus: float = 1, resources: dict | None = None, timeout: float = 120) -> Node:
         before = self.alive_nodes()
-        node = _start(self, name, ["--address", self.address], num_cpus, resources)
-        self.nodes.append(node)
-        self.wait_nodes(before + 1, timeout)
-        return node
+        for attempt in range(3):  # a loaded machine can time out a raylet's registration ("Deadline Exceeded")
+            node = _start(self, name, ["--address", self.address], num_cpus, resources)
+            self.nodes.append(node)
+            deadline = time.monotonic() + timeout
+            while node.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if self.alive_nodes() > before:
+                        return node
+                except subprocess.TimeoutExpired:
+                    pass
+                time.sleep(1)
+            node.stop()
+        raise RuntimeError(f"node {name} did not join {self.address}: see {node.log}")
 
     def alive_nodes(self) -> int:
         out = subprocess.run([_ray(), "status", "--address", self.address], capture_output=True, text=True,
