@@ -116,6 +116,22 @@ def run(args, variant: str, repeat: int, space: Path) -> list[dict]:
     return rows
 
 
+def import_seconds(args, rounds: int) -> dict:
+    """`import tune_ct.trial` in a fresh interpreter, before vs after, interleaved: every trial pays it in the
+    trial actor, the Train controller and each worker."""
+    times = {"before": [], "after": []}
+    for _ in range(rounds):
+        for variant in times:
+            env = dict(os.environ)
+            if variant == "before":
+                env["PYTHONPATH"] = str(before_source(args.out, args.before_commit))
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import tune_ct.trial"], check=True, env=env, cwd=args.out)
+            times[variant].append(time.perf_counter() - t)
+    return {v: {"median_s": round(statistics.median(t), 2), "all_s": [round(x, 2) for x in t]}
+            for v, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
@@ -127,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--before-commit", default="0c72c4c", help="the 'before' code (the last commit before the changes)")
+    p.add_argument("--imports", type=int, default=5, help="rounds of the interleaved import-time check (0: skip)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     args.out = args.out.resolve()
@@ -146,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                              for k in ("startup_s", "teardown_s", "between_epochs_s")},
                           "checkpoint_s_per_trial": round(statistics.mean(r["checkpoint_s"] for r in mine), 2),
                           "cache_s_per_trial": round(statistics.mean(r["cache_s"] for r in mine), 2)}
+    if args.imports:
+        summary["import_tune_ct_trial"] = import_seconds(args, args.imports)
     print(json.dumps(summary, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
