@@ -67,7 +67,7 @@ def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, sav
     from mlflow.tracking import MlflowClient
 
     model = model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)
-    x = to_model_input(torch.from_numpy(np.ascontiguousarray(example)))
+    x = to_model_input(torch.from_numpy(np.array(example, dtype=np.uint8)))
     with torch.no_grad():
         logits = model(x).numpy()
     meta = model_metadata(saved, metadata)

@@ -1,0 +1,146 @@
+"""Registry, promotion and predict against a real MLflow store and real films (no mocks)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tune_ct import predict, promote
+from tune_ct.files import CLASSES, decode_file, resize
+from tune_ct.gradcam import cam_maps
+from tune_ct.models import BaselineCNN, build_model
+from tune_ct.registry import load_model, log_and_register
+from tune_ct.tracking import ensure_experiment
+
+from conftest import make_small_dataset
+
+NAME = "cxr-test"
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, data_dir):
+    """Two registered versions of an untrained baseline CNN, and the real films they are tested on."""
+    root = tmp_path_factory.mktemp("registry")
+    dataset = make_small_dataset(data_dir, root / "COVID-19_Radiography_Dataset", per_class=12)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = ensure_experiment(client, "registry-test", root / "artifacts")
+    example = resize(decode_file(next((dataset / "COVID" / "images").iterdir()))[0], SIZE)[None]
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        saved = {"model": None, "backbone": "baseline_cnn", "image_size": SIZE, "classes": list(CLASSES), "hp": {},
+                 "epoch": 0}
+        run = client.create_run(exp)
+        log_and_register(uri, run.info.run_id, build_model("baseline_cnn", SIZE), saved, example, NAME,
+                         {"data": str(dataset)}, {"tune_ct.data": str(dataset)})
+    return {"uri": uri, "client": client, "data": dataset, "root": root}
+
+
+def run_promote(store, tmp_path, version: str, gates: dict, *extra: str) -> int:
+    gates_file = tmp_path / "gates.yaml"
+    gates_file.write_text(json.dumps(gates))  # JSON is YAML
+    return promote.main(["--model", NAME, "--version", version, "--gates", str(gates_file), "--tracking-uri",
+                         store["uri"], "--workdir", str(store["root"] / "wd"), *extra])
+
+
+def aliases(client) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
+
+
+def test_registered_model_loads_weights_only_and_supports_gradcam(store, data_dir):
+    model, meta = load_model(f"models:/{NAME}/1", store["uri"])
+    assert isinstance(model, BaselineCNN) and meta["classes"] == list(CLASSES) and meta["image_size"] == SIZE
+    assert meta["preprocessing"]["mean"] == 0.5 and "data" in meta
+    pixels = np.stack([resize(decode_file(next((data_dir / c / "images").iterdir()))[0], SIZE) for c in CLASSES])
+    cams = cam_maps(model, pixels)
+    assert cams.shape == (4, SIZE, SIZE) and np.isfinite(cams).all()
+    # The pickle-format MLflow model (what other MLflow users load) also takes Grad-CAM hooks.
+    import mlflow
+
+    pickled = mlflow.pytorch.load_model(f"models:/{NAME}/1")
+    assert np.isfinite(cam_maps(pickled, pixels)).all()
+
+
+def test_promotion_fail_changes_nothing(store, tmp_path, capsys):
+    rc = run_promote(store, tmp_path, "1", {"min_macro_f1": 1.0, "min_covid_recall": 0.0})
+    assert rc == 1
+    assert "FAIL  min_macro_f1" in capsys.readouterr().out
+    assert "champion" not in aliases(store["client"])
+    assert not any(k.startswith("tune_ct.promotion") for k in store["client"].get_model_version(NAME, "1").tags)
+
+
+def test_promotion_pass_moves_champion_and_keeps_previous(store, tmp_path):
+    client = store["client"]
+    open_gates = {"min_macro_f1": 0.0, "min_covid_recall": 0.0, "max_class_drop": 1.0}
+    assert run_promote(store, tmp_path, "1", open_gates, "--dry-run") == 0
+    assert "champion" not in aliases(client)  # dry run: nothing changed
+
+    assert run_promote(store, tmp_path, "1", open_gates) == 0
+    assert aliases(client) == {"champion": "1"}
+    tags = client.get_model_version(NAME, "1").tags
+    assert tags["tune_ct.promotion.previous_champion"] == "none" and json.loads(tags["tune_ct.promotion.gates"])
+
+    # A candidate that loses more than the allowed per-class margin to the champion stays out.
+    strict = {"min_macro_f1": 0.0, "min_covid_recall": 0.0, "max_class_drop": 0.0}
+    out = tmp_path / "decision.json"
+    rc = run_promote(store, tmp_path, "2", strict, "--json", str(out))
+    decision = json.loads(out.read_text())
+    assert str(decision["previous_champion"]) == "1" and decision["split"] == "test"
+    drops = [r for r in decision["results"] if r["gate"].startswith("max_class_drop[")]
+    assert len(drops) == 4 and rc == (0 if all(r["value"] <= 0 for r in drops) else 1)
+    if rc == 1:
+        assert aliases(client) == {"champion": "1"}
+
+    assert run_promote(store, tmp_path, "2", open_gates) == 0
+    assert aliases(client) == {"champion": "2", "previous": "1"}
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags["tune_ct.promotion.previous_champion"] == "1"
+    assert set(json.loads(tags["tune_ct.promotion.metrics"])["recall"]) == set(CLASSES)
+
+
+def write_dicom(path, pixels: np.ndarray) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (pixels.astype(np.uint16) * 16).tobytes()  # 12-bit film
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_predict_png_dicom_and_a_corrupt_file(store, tmp_path, capsys):
+    films = [next((store["data"] / c / "images").iterdir()) for c in ("COVID", "Normal")]
+    dcm = tmp_path / "film.dcm"
+    write_dicom(dcm, np.asarray(Image.open(films[0])))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(films[1].read_bytes()[:200])  # a cut-off PNG
+    outdir = tmp_path / "cams"
+    rc = predict.main(["--model", f"models:/{NAME}/1", "--tracking-uri", store["uri"], "--json", "--gradcam",
+                       str(outdir), *map(str, films), str(dcm), str(bad)])
+    assert rc == 1  # one file failed; the others are answered
+    preds = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["error"] is None for p in preds] == [True, True, True, False]
+    assert "broken.png" in preds[3]["file"] and preds[3]["error"]
+    for p in preds[:3]:
+        assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-4) and p["predicted"] in CLASSES
+        overlay = Image.open(p["gradcam"])
+        assert overlay.size == (224, 224) and overlay.mode == "RGB"
+    assert "dicom" in preds[2]["conversion"]
+
+
+def test_predict_unknown_model_is_a_clear_error(store, capsys):
+    rc = predict.main(["--model", f"models:/{NAME}@nope", "--tracking-uri", store["uri"], "x.png"])
+    assert rc == 2 and "models:/cxr-test@nope" in capsys.readouterr().err
