@@ -309,6 +309,10 @@ def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, trac
     test_subset = write_test_subset(prep.manifest, prep.root, workdir, args.limit_per_class, args.seed)
     evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, workdir / "cache")
     test = evaluation.headline()
+    from tune_ct.registry import publish_best  # full evaluation, Grad-CAM, lung focus, log + register the model
+
+    publish_best(client, parent_id, args.tracking_uri or default_tracking_uri(), model, saved, evaluation, test_subset,
+                 workdir / "cache", prep, getattr(args, "register_name", "cxr-classifier"), seed=args.seed)
 
     now = int(time.time() * 1000)
     metrics = {f"best_val_{k[4:]}": float(v) for k, v in best.val_metrics.items()
