@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,12 +75,34 @@ def check_summary(summary: dict) -> None:
     assert 0.0 <= summary["val_metrics"]["val_macro_f1"] <= 1.0
 
 
+def check_registered_and_report(tmp_path: Path, summary: dict, tracking_uri: str, name: str) -> None:
+    """The winner is a new registered version, and the report is built from what the search logged."""
+    client = MlflowClient(tracking_uri)
+    version = client.get_model_version(name, str(summary["registered_version"]))
+    assert version.run_id == summary["parent_run_id"]
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "tune_ct.report", "--experiment", "e2e", "--out", str(out),
+                           "--tracking-uri", tracking_uri], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    test = summary["test_metrics"]
+    # The figures come from this search's locked-test evaluation, and every picture it links exists.
+    assert f"Best model on the locked test split (n={test['n']})" in text
+    assert f"| macro_f1 | {test['macro_f1']:.3f} |" in text
+    assert "Wehbe" in text and "Lung focus" in text
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "curves.png" in pictures and "evaluation/test_confusion_matrix.png" in pictures
+    assert all((out / p).is_file() for p in pictures), [p for p in pictures if not (out / p).is_file()]
+
+
 @pytest.mark.slow
 def test_search_with_tracking_server_two_concurrent_trials(tmp_path, data_dir, mlflow_server):
-    summary = search(tmp_path, data_dir, "--tracking-uri", mlflow_server, "--max-concurrent", "2")
+    summary = search(tmp_path, data_dir, "--tracking-uri", mlflow_server, "--max-concurrent", "2",
+                     "--register-name", "e2e-model")
     check_summary(summary)
     check_tracking(MlflowClient(mlflow_server), summary, trials=3)
     check_test_split_never_reached_a_trial(tmp_path, summary)
+    check_registered_and_report(tmp_path, summary, mlflow_server, "e2e-model")
 
 
 @pytest.mark.slow

@@ -50,10 +50,15 @@ def prepare(data: str | Path | None, workdir: Path, sources: Path | None = None,
     path = manifest_path or manifest_path_for(root, workdir)
     manifest, report = mf.build(root, path, sources=sources, seed=seed, log=log)
     usable = [e for e in sample(manifest, limit_per_class, seed) if e.split in ("train", "val")]
-    suffix = f"-limit{limit_per_class}" if limit_per_class else ""
-    trainval = workdir / "subsets" / f"{manifest.hash}{suffix}.trainval.json"
+    trainval = subset_path(workdir, manifest.hash, limit_per_class, seed, "trainval")
     write_subset(trainval, root, usable, manifest.hash)
     return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started)
+
+
+def subset_path(workdir: Path, manifest_hash: str, limit_per_class: int | None, seed: int, part: str) -> Path:
+    """Where a file list lives; a limited sample depends on the seed, so the seed is in its name."""
+    suffix = f"-limit{limit_per_class}-seed{seed}" if limit_per_class else ""
+    return workdir / "subsets" / f"{manifest_hash}{suffix}.{part}.json"
 
 
 def sample(manifest: mf.Manifest, limit_per_class: int | None, seed: int) -> list[mf.Entry]:

@@ -25,7 +25,7 @@ from tune_ct.cache import open_or_build, write_subset
 from tune_ct.files import CLASSES, DataError
 from tune_ct.manifest import Manifest
 from tune_ct.metrics import (classification_metrics, majority_baseline_macro_f1, metric_key, per_class_recall,
-                             plot_confusion_matrix)
+                             plot_confusion_matrix, save_figure)
 from tune_ct.models import build_model
 from tune_ct.trial import CHECKPOINT_FILE, autocast_dtype, load_checkpoint_file, predict
 
@@ -67,10 +67,10 @@ def load_checkpoint_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
 
 
 def write_test_subset(manifest: Manifest, root: Path, workdir: Path, limit: int | None, seed: int) -> Path:
-    from tune_ct.data import sample
+    from tune_ct.data import sample, subset_path
 
     entries = [e for e in sample(manifest, limit, seed) if e.split == "test"]
-    path = workdir / "subsets" / f"{manifest.hash}{f'-limit{limit}' if limit else ''}.test.json"
+    path = subset_path(workdir, manifest.hash, limit, seed, "test")
     write_subset(path, root, entries, manifest.hash)
     return path
 
@@ -248,12 +248,7 @@ def plot_reliability(report: dict, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_title(f"{report['split']} split (n={report['n']}), ECE={report['ece']:.3f}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _fmt(v) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from tune_ct.augment import to_model_input
 from tune_ct.files import CLASSES, decode_file, resize
+from tune_ct.metrics import save_figure
 from tune_ct.models import BaselineCNN
 
 
@@ -157,9 +158,4 @@ def plot_gallery(pixels: np.ndarray, cams: np.ndarray, y_true: np.ndarray, y_pre
         ax.set_title(f"true {CLASSES[y_true[i]]}\npred {CLASSES[y_pred[i]]} {probs[i, y_pred[i]]:.2f} "
                      f"{'RIGHT' if ok else 'WRONG'}", fontsize=7, color="darkgreen" if ok else "darkred")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -66,6 +66,13 @@ def plot_confusion_matrix(matrix, path: Path, title: str) -> Path:
             ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.6 else "black")
     ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close a matplotlib figure (closing frees it: searches draw many)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ def _f(v, digits=3) -> str:
 def write_report(client, parent, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pid = parent.info.run_id
-    m, tags = parent.data.metrics, parent.data.tags
+    tags = parent.data.tags
     metric = parent.data.params.get("metric", "val_macro_f1")
     children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'")
     files = {p: _download(client, pid, p, out) for p in (

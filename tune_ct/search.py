@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for the sampler, the split of a new manifest, training")
     p.add_argument("--limit-per-class", type=int, help="use N images per class (from the locked splits): smoke runs")
     p.add_argument("--summary", type=Path, help="write the result summary JSON here")
+    p.add_argument("--register-name", default="cxr-classifier",
+                   help="MLflow registered model the best model is added to as a new version ('' logs it unregistered)")
     p.add_argument("--address", help="Ray cluster address, e.g. 127.0.0.1:6379 on the head node or 'auto' "
                    "(default: start a local Ray). Token auth: RAY_AUTH_MODE=token and the cluster's token in "
                    "~/.ray/auth_token or RAY_AUTH_TOKEN_PATH")
@@ -106,7 +108,35 @@ def check_resources(space: Space, max_concurrent: int) -> tuple[float, int]:
     return gpus_per_worker, max(1, min(max_concurrent, int(cpus // need_cpu) if need_cpu else max_concurrent))
 
 
-def best_trial(results, metric: str, mode: str, tracker: TrialTracker) -> BestTrial:
+def storage_filesystem(storage: str):
+    """The pyarrow filesystem of --storage (checkpoint paths Ray reports are relative to it: no s3:// prefix)."""
+    import pyarrow.fs
+
+    if "://" not in storage:
+        return pyarrow.fs.LocalFileSystem()
+    return pyarrow.fs.FileSystem.from_uri(storage)[0]
+
+
+def checkpoint_exists(filesystem, path: str) -> bool:
+    import pyarrow.fs
+
+    return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def fetch_checkpoint(filesystem, path: str, workdir: Path) -> Path:
+    """A local folder holding the checkpoint: the path itself on local storage, else a download under workdir."""
+    import pyarrow.fs
+    import ray.train
+
+    if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
+        return Path(path)
+    local = workdir / "best_checkpoint" / Path(path).name
+    if not local.exists():
+        ray.train.Checkpoint(path, filesystem=filesystem).to_directory(str(local))
+    return local
+
+
+def best_trial(results, metric: str, mode: str, tracker: TrialTracker, filesystem) -> BestTrial:
     """The trial and epoch with the best val metric over all epochs (model selection on val only)."""
     best = None
     for result in results:
@@ -114,6 +144,8 @@ def best_trial(results, metric: str, mode: str, tracker: TrialTracker) -> BestTr
         if df is None or metric not in df or "checkpoint_path" not in df:
             continue
         df = df.dropna(subset=[metric, "checkpoint_path"])
+        # Ray Train deletes all but the best few checkpoints; only pick an epoch whose checkpoint is still there.
+        df = df[[checkpoint_exists(filesystem, str(p)) for p in df["checkpoint_path"]]]
         if df.empty:
             continue
         row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
@@ -178,7 +210,6 @@ def run_search(args: argparse.Namespace) -> dict:
     if prep.report.test_missing or prep.report.test_changed:
         print("WARNING: locked test split changed; see above", file=sys.stderr)
 
-    import mlflow
     import optuna
     import ray
     from mlflow.tracking import MlflowClient
@@ -227,7 +258,7 @@ def run_search(args: argparse.Namespace) -> dict:
         subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"), storage_path=storage,
         experiment=run_name, seed=args.seed, workers_per_trial=space.search["workers_per_trial"],
         cpus_per_worker=float(space.search["cpus_per_worker"]), gpus_per_worker=float(gpus_per_worker),
-        weights=weights,
+        metric=space.metric, mode=space.mode, weights=weights,
     )
     # Build every image-size cache once here, so concurrent trials do not wait on each other's build.
     from tune_ct.cache import open_or_build
@@ -262,7 +293,7 @@ def run_search(args: argparse.Namespace) -> dict:
     status = "FAILED"
     try:
         results = tuner.fit()
-        best = best_trial(results, space.metric, space.mode, tracker)
+        best = best_trial(results, space.metric, space.mode, tracker, storage_filesystem(storage))
         summary = finish(args, space, prep, workdir, client, parent_id, tracker, best, results, started, storage)
         report_tracking(args, summary, tracker)
         status = "FINISHED"
@@ -305,14 +336,14 @@ def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, trac
 
     from tune_ct.evaluate import evaluate_model, load_checkpoint_model, write_test_subset
 
-    model, saved = load_checkpoint_model(best.checkpoint_path)
+    model, saved = load_checkpoint_model(fetch_checkpoint(storage_filesystem(storage), best.checkpoint_path, workdir))
     test_subset = write_test_subset(prep.manifest, prep.root, workdir, args.limit_per_class, args.seed)
     evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, workdir / "cache")
     test = evaluation.headline()
     from tune_ct.registry import publish_best  # full evaluation, Grad-CAM, lung focus, log + register the model
 
-    publish_best(client, parent_id, args.tracking_uri or default_tracking_uri(), model, saved, evaluation, test_subset,
-                 workdir / "cache", prep, getattr(args, "register_name", "cxr-classifier"), seed=args.seed)
+    published = publish_best(client, parent_id, args.tracking_uri or default_tracking_uri(), model, saved, evaluation,
+                             test_subset, workdir / "cache", prep, args.register_name, seed=args.seed)
 
     now = int(time.time() * 1000)
     metrics = {f"best_val_{k[4:]}": float(v) for k, v in best.val_metrics.items()
@@ -351,6 +382,7 @@ def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, trac
         "space": str(space.path),
         "storage": storage,
         "seconds": round(time.monotonic() - started, 1),
+        **published,  # model_uri, registered_model, registered_version, ...
     }
     log_json(client, parent_id, summary, "summary.json")
     if args.summary:

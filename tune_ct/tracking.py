@@ -198,7 +198,7 @@ class TrialTracker(Callback):
         if matrix:
             with tempfile.TemporaryDirectory() as tmp:
                 epoch = result.get("epoch", "?")
-                png = plot_confusion_matrix(matrix, Path(tmp) / "val_confusion_matrix.png",
+                plot_confusion_matrix(matrix, Path(tmp) / "val_confusion_matrix.png",
                                             f"val split, epoch {epoch}, trial {trial.trial_id}")
                 (Path(tmp) / "val_confusion_matrix.json").write_text(json.dumps({"epoch": epoch, "matrix": matrix}))
                 self.client.log_artifacts(run_id, tmp)

@@ -48,6 +48,8 @@ class RunSettings:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     max_failures: int = 2
+    metric: str = "val_macro_f1"  # checkpoints are kept by this, so the best epoch's checkpoint is never deleted
+    mode: str = "max"
     weights: dict[str, str] = field(default_factory=dict)  # backbone -> local weights file
 
 
@@ -78,7 +80,10 @@ def tune_trial(config: dict, run: RunSettings) -> None:
             storage_path=f"{run.storage_path}/train_runs",
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Keep the best epoch (what the search picks) and not only the newest ones.
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=run.metric, checkpoint_score_order=run.mode
+            ),
         ),
     )
     trainer.fit()
