@@ -20,10 +20,11 @@ from tune_ct.cluster import start_local_cluster
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """Head with no CPU (only GCS and the dashboard) + two 1-CPU workers; every process stopped afterwards."""
-    c = start_local_cluster(tmp_path / "cluster", head_cpus=0, head_resources={"head": 1}, timeout=300)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head with no CPU (only GCS and the dashboard) + two 1-CPU workers, shared by this module's tests (the
+    node-kill test comes last); every process stopped afterwards."""
+    c = start_local_cluster(tmp_path_factory.mktemp("cluster"), head_cpus=0, head_resources={"head": 1}, timeout=300)
     try:
         c.add_worker("worker1", 1, {"worker1": 1}, timeout=240)
         c.add_worker("worker2", 1, {"worker2": 1}, timeout=240)

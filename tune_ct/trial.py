@@ -87,6 +87,22 @@ def tune_trial(config: dict, run: RunSettings) -> None:
         ),
     )
     trainer.fit()
+    wait_until_tune_took_last_report()
+
+
+def wait_until_tune_took_last_report(timeout_s: float = 60.0) -> None:
+    """Keep the trial function alive until Tune has taken the Train run's last report.
+
+    Ray 2.60 passes Train reports to Tune through a one-slot queue that Tune reads only while this function runs;
+    a last report still queued when `trainer.fit()` returns was lost once here and the trial stayed RUNNING
+    forever (two sub-second epochs on a loaded 2-core machine). Waiting for the queue to drain closes that window.
+    """
+    from ray.train._internal.session import get_session  # where TuneReportCallback's queue lives (Ray 2.60)
+
+    queue = getattr(get_session(), "_inter_actor_queue", None)
+    deadline = time.monotonic() + timeout_s
+    while queue is not None and not queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
