@@ -111,8 +111,11 @@ def test_search_embedded_defaults_one_ddp_trial_at_a_time(tmp_path, data_dir):
     two Ray Train workers per trial (DDP), which on 2 CPUs also means one trial at a time."""
     space = yaml.safe_load(TINY.read_text())
     space["search"].update(workers_per_trial=2, cpus_per_worker=1)
+    # Every value fixed (a recipe, not a search): OptunaSearch refuses such a space, so the search runs it as is.
+    space["params"].update(lr=3.0e-3, weight_decay=1.0e-4, batch_size=8, aug_rotation_deg=4.0, aug_crop_scale_min=0.9)
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(space))
     summary = search(tmp_path, data_dir, "--max-concurrent", "1", "--num-samples", "2", space=tmp_path / "ddp.yaml")
+    assert summary["best_config"]["lr"] == 3.0e-3 and summary["best_config"]["batch_size"] == 8
     assert (tmp_path / "mlflow.db").is_file() and any((tmp_path / "mlartifacts").rglob("*.png"))
     check_summary(summary)
     check_tracking(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), summary, trials=2)

@@ -217,6 +217,7 @@ def run_search(args: argparse.Namespace) -> dict:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.sample import Domain
 
     local_artifacts = None if tracking_uri.startswith(("http://", "https://", "databricks")) else Path("mlartifacts")
     client = MlflowClient(tracking_uri)
@@ -274,13 +275,19 @@ def run_search(args: argparse.Namespace) -> dict:
         tuner = tune.Tuner.restore(f"{storage}/{run_name}", trainable=trainable, resume_errored=True)
         tracker = restored_tracker(tuner, tracker)
     else:
+        param_space = space.tune_space()
+        # OptunaSearch refuses a space with nothing to sample (every value fixed): run those trials as they are.
+        searchable = any(isinstance(v, Domain) for v in param_space.values())
+        if args.searcher == "tpe" and not searchable:
+            print(f"{space.path}: every parameter is fixed, so there is nothing for TPE to search; "
+                  f"running {num_samples} trial(s) of that configuration")
         tuner = tune.Tuner(
             trainable,
-            param_space=space.tune_space(),
+            param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=space.metric, mode=space.mode, num_samples=num_samples, max_concurrent_trials=max_concurrent,
                 search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=args.seed))
-                if args.searcher == "tpe" else BasicVariantGenerator(random_state=args.seed),
+                if args.searcher == "tpe" and searchable else BasicVariantGenerator(random_state=args.seed),
                 scheduler=ASHAScheduler(time_attr="epoch", max_t=space.max_epochs,
                                         grace_period=min(space.search["grace_period"], space.max_epochs),
                                         reduction_factor=space.search["reduction_factor"])
