@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -139,8 +140,8 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.timeout(300)
-def test_postgresql_backend(tmp_path, postgres):
+@pytest.mark.timeout(600)
+def test_postgresql_backend(tmp_path, postgres, data_dir):
     pytest.importorskip("psycopg2", reason="pip install psycopg2-binary")
     uri_with_password, password = postgres
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri_with_password}
@@ -150,10 +151,21 @@ def test_postgresql_backend(tmp_path, postgres):
         assert password.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # via env, not argv
         run_id = log_a_run(uri, tmp_path)
         assert not (tmp_path / "server" / "mlflow.db").exists()  # really not SQLite
+        # A tiny real search tracked by the PostgreSQL-backed server.
+        search = subprocess.run(
+            [sys.executable, "-m", "tune_ct.search", "--data", str(data_dir), "--space",
+             str(REPO / "tests/spaces/tiny.yaml"), "--limit-per-class", "16", "--num-samples", "1",
+             "--max-concurrent", "1", "--tracking-uri", uri, "--experiment", "pg", "--register-name", "pg-model",
+             "--summary", str(tmp_path / "summary.json")],
+            cwd=tmp_path, capture_output=True, text=True, timeout=420)
+        assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+        parent_id = json.loads((tmp_path / "summary.json").read_text())["parent_run_id"]
     finally:
         stop_process(proc)
     # The run is in PostgreSQL itself.
     out = subprocess.run(["psql", "-h", "127.0.0.1", "-p", uri_with_password.rsplit(":", 1)[1].split("/")[0], "-U",
-                          "postgres", "-d", "mlflow", "-tAc", f"SELECT status FROM runs WHERE run_uuid='{run_id}'"],
+                          "postgres", "-d", "mlflow", "-tAc",
+                          f"SELECT run_uuid, status FROM runs WHERE run_uuid IN ('{run_id}', '{parent_id}') "
+                          "ORDER BY start_time"],
                          capture_output=True, text=True, env={**os.environ, "PGPASSWORD": password})
-    assert out.stdout.strip() == "RUNNING", out.stderr
+    assert out.stdout.split() == [f"{run_id}|RUNNING", f"{parent_id}|FINISHED"], out.stdout + out.stderr
