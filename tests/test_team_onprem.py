@@ -120,11 +120,13 @@ def kill_leftovers(home: Path) -> None:
     """Last resort after a failure: the MLflow server the head started and any Ray process."""
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
     for pid, cmd in processes().items():
-        if str(home) in cmd:  # the MLflow server started with --root ~/mlflow_data
+        if str(home) in cmd:  # the MLflow server started with --root ~/mlflow_data, and its workers (same group)
             try:
-                os.killpg(os.getpgid(pid), signal.SIGKILL) if os.getpgid(pid) != os.getpgid(0) else os.kill(pid, 9)
+                group = os.getpgid(pid)
+                if group != os.getpgid(0):  # it was started over SSH, never in pytest's own group
+                    os.killpg(group, signal.SIGKILL)
             except OSError:
-                pass
+                pass  # already gone
 
 
 @pytest.mark.slow

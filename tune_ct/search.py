@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -132,7 +133,11 @@ def fetch_checkpoint(filesystem, path: str, workdir: Path) -> Path:
         return Path(path)
     local = workdir / "best_checkpoint" / Path(path).name
     if not local.exists():
-        ray.train.Checkpoint(path, filesystem=filesystem).to_directory(str(local))
+        # Download beside it and rename, so an interrupted download is never taken for a checkpoint later.
+        partial = local.with_name(local.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        ray.train.Checkpoint(path, filesystem=filesystem).to_directory(str(partial))
+        partial.rename(local)
     return local
 
 
@@ -300,8 +305,10 @@ def run_search(args: argparse.Namespace) -> dict:
     status = "FAILED"
     try:
         results = tuner.fit()
-        best = best_trial(results, space.metric, space.mode, tracker, storage_filesystem(storage))
-        summary = finish(args, space, prep, workdir, client, parent_id, tracker, best, results, started, storage)
+        filesystem = storage_filesystem(storage)
+        best = best_trial(results, space.metric, space.mode, tracker, filesystem)
+        summary = finish(args, space, prep, workdir, client, parent_id, tracker, best, results, started, storage,
+                         filesystem)
         report_tracking(args, summary, tracker)
         status = "FINISHED"
         return summary
@@ -337,13 +344,13 @@ def report_tracking(args, summary: dict, tracker: TrialTracker) -> None:
 
 
 def finish(args, space: Space, prep, workdir: Path, client, parent_id: str, tracker: TrialTracker,
-           best: BestTrial, results, started: float, storage: str) -> dict:
+           best: BestTrial, results, started: float, storage: str, filesystem) -> dict:
     """Evaluate the best checkpoint once on the locked test split; log and print everything."""
     from mlflow.entities import Metric, RunTag
 
     from tune_ct.evaluate import evaluate_model, load_checkpoint_model, write_test_subset
 
-    model, saved = load_checkpoint_model(fetch_checkpoint(storage_filesystem(storage), best.checkpoint_path, workdir))
+    model, saved = load_checkpoint_model(fetch_checkpoint(filesystem, best.checkpoint_path, workdir))
     test_subset = write_test_subset(prep.manifest, prep.root, workdir, args.limit_per_class, args.seed)
     evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, workdir / "cache")
     test = evaluation.headline()

@@ -199,7 +199,7 @@ class TrialTracker(Callback):
             with tempfile.TemporaryDirectory() as tmp:
                 epoch = result.get("epoch", "?")
                 plot_confusion_matrix(matrix, Path(tmp) / "val_confusion_matrix.png",
-                                            f"val split, epoch {epoch}, trial {trial.trial_id}")
+                                      f"val split, epoch {epoch}, trial {trial.trial_id}")
                 (Path(tmp) / "val_confusion_matrix.json").write_text(json.dumps({"epoch": epoch, "matrix": matrix}))
                 self.client.log_artifacts(run_id, tmp)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
