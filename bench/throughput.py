@@ -2,6 +2,7 @@
 loop's achieved GFLOP/s vs this machine's measured fp32 matmul ceiling.
 
     python bench/throughput.py --data DIR --workdir WD --json bench/results/throughput.json
+    python bench/throughput.py --device cuda --models resnet18 --sizes 224 --batch-size 64 ...   # on a GPU
 
 Every variant runs in the same process, interleaved round by round (bare, bare channels_last, tune_ct, matmul),
 so load from other users of a shared machine hits them alike; compare the ratios, not the absolute numbers.
@@ -10,6 +11,8 @@ Variants:
   bare_cl         the same with model and input in channels_last (what the trial uses)
   tune_ct         tune_ct.trial.train_epoch: the trial's exact step (batch augmentation, channels_last,
                   class weights, cosine schedule, autocast per `precision: auto`)
+On CUDA every variant uses the autocast dtype `precision: auto` picks (mixed precision), copies batches through
+pinned memory, and is timed between two synchronisations; GPU utilisation is sampled through NVML while it runs.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import math
 import platform
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +36,7 @@ from tune_ct.augment import Augment
 from tune_ct.cache import open_or_build
 from tune_ct.data import prepare
 from tune_ct.models import build_model
-from tune_ct.trial import autocast_dtype, class_weights, train_epoch
+from tune_ct.trial import autocast_dtype, class_weights, to_device, train_epoch
 
 # The trial's augmentation at the middle of cpu_quick.yaml's ranges.
 AUG = Augment(rotation_deg=5.0, crop_scale_min=0.85, brightness=0.075, contrast=0.1)
@@ -55,21 +59,72 @@ class Row:
     matmul_gflop_s: float  # best of the rounds
     bare_share_of_ceiling: float
     tune_ct_precision: str
+    device: str = "cpu"
+    bare_gpu_util: float | None = None  # mean NVML utilisation (%) while the variant ran, CUDA only
+    tune_ct_gpu_util: float | None = None
+    seconds_per_epoch_full_train: float | None = None  # 6,616 train images (the full dev set's split) / tune_ct img/s
 
 
-def matmul_gflop_s(n: int = 1024, reps: int = 6) -> float:
-    """fp32 matmul ceiling with the current thread count: best of `reps` (the least disturbed by other users)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+FULL_TRAIN_IMAGES = 6616  # the shared dev set's train split
+
+
+class GpuUtil:
+    """Mean GPU utilisation over a `with` block, sampled through NVML every 50 ms (None without NVML)."""
+
+    def __init__(self, device: torch.device):
+        self.handle, self.samples, self.value = None, [], None
+        if device.type == "cuda":
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+                self.nvml = pynvml
+            except Exception as err:  # NVML missing: utilisation is simply not reported
+                print(f"  (no GPU utilisation: {err})")
+
+    def __enter__(self):
+        self.stop = threading.Event()
+        if self.handle is not None:
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.wait(0.05):
+            self.samples.append(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.handle is not None:
+            self.thread.join()
+            self.value = round(statistics.mean(self.samples), 1) if self.samples else None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflop_s(device: torch.device, dtype: torch.dtype | None, reps: int = 6) -> float:
+    """Matmul ceiling: best of `reps` (the least disturbed by other users). CPU: fp32 1024^2 with the current
+    thread count; CUDA: 8192^2 in the autocast dtype the variants use."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
     a @ b
     best = math.inf
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 
 
 def train_flops_per_image(model: torch.nn.Module, size: int, batch: int) -> float:
+    batch = min(batch, 4)  # FLOPs per image do not depend on the batch; counted on the CPU
     x = torch.randn(batch, 1, size, size)
     y = torch.zeros(batch, dtype=torch.long)
     with FlopCounterMode(display=False) as counter:
@@ -78,31 +133,34 @@ def train_flops_per_image(model: torch.nn.Module, size: int, batch: int) -> floa
     return counter.get_total_flops() / batch
 
 
-def bare_steps(model, optimizer, pixels, labels, order, batch_size, channels_last: bool) -> tuple[int, float]:
+def bare_steps(model, optimizer, pixels, labels, order, batch_size, channels_last: bool,
+               device: torch.device, dtype: torch.dtype | None) -> tuple[int, float]:
     """The plain loop: no augmentation, no schedule, no class weights."""
     model.train()
+    sync(device)
     seen, t = 0, time.perf_counter()
     for start in range(0, len(order) - batch_size + 1, batch_size):
         rows = np.sort(order[start : start + batch_size])
-        x = torch.from_numpy(np.asarray(pixels[rows])).unsqueeze(1).float().div_(255.0)
+        x = to_device(torch.from_numpy(np.asarray(pixels[rows])), device).unsqueeze(1).float().div_(255.0)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss = F.cross_entropy(model(x), labels[rows])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(x).float(), to_device(labels[rows], device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         seen += len(rows)
+    sync(device)
     return seen, time.perf_counter() - t
 
 
 def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int, rounds: int,
-            threads: int) -> Row:
-    device = torch.device("cpu")
+            threads: int, device: torch.device) -> Row:
     dtype = autocast_dtype("auto", device)
 
     def fresh(channels_last: bool):
         torch.manual_seed(0)
-        model = build_model(name, size)
+        model = build_model(name, size).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -111,31 +169,38 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
     bare_cl, bare_cl_opt = fresh(True)
     tct, tct_opt = fresh(True)
     sched = torch.optim.lr_scheduler.LambdaLR(tct_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / 1000))))
-    weight = class_weights(labels.numpy()[train_idx])
-    flops = train_flops_per_image(bare, size, batch_size)
-    gen = torch.Generator().manual_seed(0)
+    weight = class_weights(labels.numpy()[train_idx]).to(device)
+    flops = train_flops_per_image(build_model(name, size), size, batch_size)
+    gen = torch.Generator(device=device).manual_seed(0)
     rng = np.random.default_rng(0)
     n = steps * batch_size
-    # One warm-up step each (allocator, oneDNN primitive caches) before any timing.
-    warm = rng.permutation(train_idx)[:batch_size]
-    bare_steps(bare, bare_opt, pixels, labels, warm, batch_size, False)
-    bare_steps(bare_cl, bare_cl_opt, pixels, labels, warm, batch_size, True)
+    # Warm-up steps (allocator, oneDNN / cuDNN algorithm choice) before any timing.
+    warm = np.resize(rng.permutation(train_idx), batch_size * (3 if device.type == "cuda" else 1))
+    bare_steps(bare, bare_opt, pixels, labels, warm, batch_size, False, device, dtype)
+    bare_steps(bare_cl, bare_cl_opt, pixels, labels, warm, batch_size, True, device, dtype)
     train_epoch(tct, tct_opt, sched, pixels, labels, warm, batch_size, AUG, gen, device, dtype, weight)
 
     speed = {"bare": [], "bare_cl": [], "tune_ct": []}
+    util = {"bare": [], "tune_ct": []}
     data_share, ceilings = [], []
     for _ in range(rounds):
-        order = rng.permutation(train_idx)[:n]
-        seen, sec = bare_steps(bare, bare_opt, pixels, labels, order, batch_size, False)
+        order = np.resize(rng.permutation(train_idx), n)  # repeats rows when the subset is smaller than n
+        with GpuUtil(device) as gpu:
+            seen, sec = bare_steps(bare, bare_opt, pixels, labels, order, batch_size, False, device, dtype)
         speed["bare"].append(seen / sec)
-        seen, sec = bare_steps(bare_cl, bare_cl_opt, pixels, labels, order, batch_size, True)
+        util["bare"].append(gpu.value)
+        seen, sec = bare_steps(bare_cl, bare_cl_opt, pixels, labels, order, batch_size, True, device, dtype)
         speed["bare_cl"].append(seen / sec)
-        t = time.perf_counter()
-        _, seen, timing = train_epoch(tct, tct_opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
-                                      dtype, weight)
-        speed["tune_ct"].append(seen / (time.perf_counter() - t))
+        with GpuUtil(device) as gpu:
+            sync(device)
+            t = time.perf_counter()
+            _, seen, timing = train_epoch(tct, tct_opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
+                                          dtype, weight)
+            sync(device)
+            speed["tune_ct"].append(seen / (time.perf_counter() - t))
+        util["tune_ct"].append(gpu.value)
         data_share.append(timing["data"] / max(1e-9, timing["data"] + timing["compute"]))
-        ceilings.append(matmul_gflop_s())
+        ceilings.append(matmul_gflop_s(device, dtype))
         print(f"  {name}@{size}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in speed.items()) + " img/s", flush=True)
 
     med = {k: statistics.median(v) for k, v in speed.items()}
@@ -143,37 +208,43 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
     ratio_cl = statistics.median(t / b for t, b in zip(speed["tune_ct"], speed["bare_cl"]))
     ceiling = max(ceilings)
     gflop_s = med["bare"] * flops / 1e9
+    def mean_util(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.mean(values), 1) if values else None
+
     return Row(name, size, batch_size, threads, round(med["bare"], 1), round(med["bare_cl"], 1),
                round(med["tune_ct"], 1), round(ratio, 3), round(ratio_cl, 3), round(statistics.median(data_share), 3),
                round(flops / 1e9, 4), round(gflop_s, 1), round(ceiling, 1), round(gflop_s / ceiling, 3),
-               str(dtype).replace("torch.", "") if dtype else "float32")
+               str(dtype).replace("torch.", "") if dtype else "float32", device.type, mean_util(util["bare"]),
+               mean_util(util["tune_ct"]), round(FULL_TRAIN_IMAGES / med["tune_ct"], 2))
 
 
 def bf16_vs_fp32(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int,
-                 rounds: int) -> dict:
-    """The trial step with autocast bf16 vs fp32, interleaved: justifies `precision: auto` on this CPU."""
-    device = torch.device("cpu")
+                 rounds: int, device: torch.device) -> dict:
+    """The trial step with autocast bf16 vs fp32, interleaved: justifies `precision: auto` on this device."""
     out = {"bf16": [], "fp32": []}
     models = {}
     for key in out:
         torch.manual_seed(0)
-        model = build_model(name, size).to(memory_format=torch.channels_last)
+        model = build_model(name, size).to(device).to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         models[key] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
     dtypes = {"bf16": torch.bfloat16, "fp32": None}
-    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(1)
+    gen, rng = torch.Generator(device=device).manual_seed(0), np.random.default_rng(1)
     for r in range(rounds + 1):  # round 0 is warm-up
-        order = rng.permutation(train_idx)[: steps * batch_size]
+        order = np.resize(rng.permutation(train_idx), steps * batch_size)
         for key, (model, opt, sched) in models.items():
+            sync(device)
             t = time.perf_counter()
             _, seen, _ = train_epoch(model, opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
                                      dtypes[key])
+            sync(device)
             if r:
                 out[key].append(seen / (time.perf_counter() - t))
     ratio = statistics.median(b / f for b, f in zip(out["bf16"], out["fp32"]))
     return {"model": name, "image_size": size, "bf16_img_s": round(statistics.median(out["bf16"]), 1),
             "fp32_img_s": round(statistics.median(out["fp32"]), 1), "bf16_vs_fp32": round(ratio, 3),
-            "cpu_has_avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+            "device": device.type, "cpu_has_avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
             "auto_picks": str(autocast_dtype("auto", device))}
 
 
@@ -189,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads (a 1-CPU trial worker uses 1)")
     p.add_argument("--bf16-check", default="resnet18:64", help="MODEL:SIZE for the bf16 vs fp32 check ('' to skip)")
+    p.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu or cuda")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     torch.set_num_threads(args.threads)
     prep = prepare(args.data, args.workdir.resolve(), limit_per_class=args.limit_per_class, log=lambda *a: None)
     rows, caches = [], {}
@@ -202,16 +277,19 @@ def main(argv: list[str] | None = None) -> int:
         labels, train_idx = torch.from_numpy(data.labels), data.indices("train")
         for name in args.models:
             rows.append(measure(name, size, data.pixels, labels, train_idx, args.batch_size, args.steps,
-                                args.rounds, args.threads))
+                                args.rounds, args.threads, device))
             print(json.dumps(asdict(rows[-1])), flush=True)
     bf16 = None
     if args.bf16_check:
         name, size = args.bf16_check.split(":")
         data = caches.get(int(size)) or open_or_build(prep.trainval_path, int(size), args.workdir.resolve() / "cache")
         bf16 = bf16_vs_fp32(name, int(size), data.pixels, torch.from_numpy(data.labels), data.indices("train"),
-                            args.batch_size, max(2, args.steps // 2), args.rounds)
+                            args.batch_size, max(2, args.steps // 2), args.rounds, device)
         print(json.dumps(bf16), flush=True)
-    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
+    machine = platform.processor() or platform.machine()
+    if device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(device)} + {machine}"
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine, "device": device.type,
            "torch": torch.__version__, "threads": args.threads, "limit_per_class": args.limit_per_class,
            "rows": [asdict(r) for r in rows], "bf16_vs_fp32": bf16}
     if args.json:

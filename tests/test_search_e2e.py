@@ -49,6 +49,10 @@ def check_tracking(client: MlflowClient, summary: dict, trials: int) -> None:
         history = client.get_metric_history(child.info.run_id, "val_macro_f1")
         assert sorted(m.step for m in history) == list(range(1, epochs_run + 1))  # one point per epoch, step = epoch
         assert {"lr", "backbone", "batch_size"} <= set(child.data.params)
+        # Where the trial's time went, per epoch (issue: trial speed).
+        split = {"time_data_s", "time_compute_s", "time_val_s", "time_checkpoint_s", "time_report_s"}
+        assert split <= set(child.data.metrics), set(child.data.metrics)
+        assert child.data.metrics["time_compute_s"] > 0 and child.data.metrics["train_images_per_s"] > 0
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "val_confusion_matrix.png" in names
 

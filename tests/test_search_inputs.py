@@ -63,6 +63,17 @@ def test_bad_search_setting_names_the_key(tmp_path):
         load_space(write_space(tmp_path, search_patch={"metric": "val_auc"}))
 
 
+@pytest.mark.parametrize("value, ok", [("auto", True), (0, True), (0.25, True), (2, True), (1.5, False),
+                                       (-1, False), ("half", False), (True, False)])
+def test_gpus_per_worker_is_auto_a_fraction_or_whole(tmp_path, value, ok):
+    path = write_space(tmp_path, search_patch={"gpus_per_worker": value})
+    if ok:
+        assert load_space(path).search["gpus_per_worker"] == value
+    else:
+        with pytest.raises(SpaceError, match=r"search\.gpus_per_worker: expected auto, a fraction"):
+            load_space(path)
+
+
 @pytest.mark.parametrize("folder, create, words", [("no_such_folder", False, "does not exist"),
                                                    ("empty", True, "no images found")])
 def test_missing_or_empty_data_folder_fails_before_compute(tmp_path, folder, create, words):

@@ -69,6 +69,29 @@ def finish(proc, tmp_path, timeout=600):
     return json.loads((tmp_path / "summary.json").read_text())
 
 
+@pytest.mark.timeout(300)
+def test_cluster_without_dashboard_is_refused_before_any_trial(tmp_path, data_dir):
+    """Without the dashboard's state API Ray Train never frees a stopped trial's resources and later trials wait
+    until they time out (seen on a GPU node); the search must refuse such a cluster up front."""
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=8)
+    c = start_local_cluster(tmp_path / "cluster", head_cpus=1, dashboard=False, timeout=240)
+    try:
+        env = {k: v for k, v in c.env.items() if not k.startswith("MLFLOW_TRACKING_")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "tune_ct.search", "--address", c.address, "--data", str(data), "--space",
+             str(REPO / "tests/spaces/tiny.yaml"), "--storage", str(tmp_path / "storage")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    finally:
+        c.stop()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "dashboard is not running on the cluster at " + c.address in proc.stderr
+    assert "ray[default]" in proc.stderr
+    # Refused before anything was recorded: no MLflow run, no Tune experiment.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not client.search_runs(experiments) and not (tmp_path / "storage").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_search_on_two_node_cluster_uses_both_nodes(tmp_path, data_dir, cluster, tracking):

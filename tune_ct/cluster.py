@@ -173,7 +173,7 @@ def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, 
 
 
 def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict | None = None,
-                        env: dict[str, str] | None = None, timeout: float = 180) -> LocalCluster:
+                        env: dict[str, str] | None = None, timeout: float = 180, dashboard: bool = True) -> LocalCluster:
     """Start a head node; add workers with `cluster.add_worker`. Call `cluster.stop()` in a finally block."""
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,6 +190,7 @@ def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict
     head = _start(cluster, "head", [
         "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
         "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir),
+        *([] if dashboard else ["--include-dashboard=false"]),
     ], head_cpus, head_resources)
     cluster.nodes.append(head)
     try:

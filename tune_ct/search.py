@@ -88,6 +88,22 @@ def parse_weights(items: list[str]) -> dict[str, str]:
     return out
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot run a search to its end; the message says what to change."""
+
+
+def check_dashboard(dashboard_url: str | None, address: str | None) -> None:
+    """Refuse a cluster without Ray's dashboard: Ray Train frees the CPUs/GPUs of a trial that ASHA stops through
+    a cleaner that asks the dashboard's state API. Without it those resources are never freed and the next trials
+    wait for them until they time out (seen on a GPU node: the cleaner only logs "State API may be temporarily
+    unavailable")."""
+    if not dashboard_url:
+        where = f"the cluster at {address}" if address else "the local Ray this search started"
+        raise ClusterError(f"Ray's dashboard is not running on {where}. Install ray[default] (pip install -e .) "
+                           "on every node, and do not start the head with --include-dashboard=false: Ray Train "
+                           "needs its state API to free the resources of stopped trials.")
+
+
 def check_resources(space: Space, max_concurrent: int) -> tuple[float, int]:
     """Refuse a trial shape the cluster cannot place: Ray Train would wait for it forever without an error."""
     import ray
@@ -106,7 +122,11 @@ def check_resources(space: Space, max_concurrent: int) -> tuple[float, int]:
             f" / {gpus_per_worker} GPU per trial, but the cluster has {cpus:g} CPU and {gpus:g} GPU; lower "
             "search.workers_per_trial / cpus_per_worker / gpus_per_worker"
         )
-    return gpus_per_worker, max(1, min(max_concurrent, int(cpus // need_cpu) if need_cpu else max_concurrent))
+    # Trials beyond what the cluster can hold at once would only wait for resources, holding a Tune slot.
+    fits = [max_concurrent, int(cpus // need_cpu) if need_cpu else max_concurrent]
+    if need_gpu:
+        fits.append(int(gpus // need_gpu + 1e-9))
+    return gpus_per_worker, max(1, min(fits))
 
 
 def storage_filesystem(storage: str):
@@ -245,9 +265,8 @@ def run_search(args: argparse.Namespace) -> dict:
 
     # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
     # `ray start` left running on this machine.
-    # The dashboard stays on (bound to 127.0.0.1): Ray Train's placement-group cleaner for trials that ASHA stops
-    # queries it, and without it the cleaner only logs "State API may be temporarily unavailable".
-    ray.init(address=args.address or "local")
+    context = ray.init(address=args.address or "local")
+    check_dashboard(context.dashboard_url, args.address)
     gpus_per_worker, max_concurrent = check_resources(space, args.max_concurrent or space.search["max_concurrent"])
 
     if args.resume:
@@ -423,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run_search(args)
-    except (SpaceError, DataError, TrackingError, ResumeError) as exc:
+    except (SpaceError, DataError, TrackingError, ResumeError, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

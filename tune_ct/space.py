@@ -11,6 +11,7 @@ A space file has two sections::
       workers_per_trial: 1       # Ray Train workers (DDP when > 1)
       cpus_per_worker: 1
       gpus_per_worker: auto      # auto: 1 per worker when the cluster has GPUs, else 0; or a number
+                                 # (a fraction such as 0.25 lets four trials share one GPU)
     params:                      # what to search: a fixed value, or one distribution
       backbone: {choice: [baseline_cnn, resnet18]}
       lr: {loguniform: [1.0e-4, 3.0e-3]}
@@ -202,13 +203,18 @@ def load_space(path: str | Path) -> Space:
         elif key == "reduction_factor":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1.5:
                 raise SpaceError(f"{where}: expected a number >= 1.5, got {value!r}")
-        elif key == "gpus_per_worker" and value == "auto":
-            pass
+        elif key == "gpus_per_worker":
+            # Ray places fractions of one GPU (several small trials share a card) or whole GPUs, nothing between.
+            fraction = isinstance(value, float) and 0 < value < 1
+            whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            if value != "auto" and not (fraction or whole):
+                raise SpaceError(f"{where}: expected auto, a fraction of one GPU (0 < x < 1, e.g. 0.25: four trials "
+                                 f"share a GPU) or a whole number >= 0, got {value!r}")
         elif key in ("cpus_per_worker",):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise SpaceError(f"{where}: expected a number > 0, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "gpus_per_worker" else 1):
-            raise SpaceError(f"{where}: expected a whole number >= {0 if key == 'gpus_per_worker' else 1}, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpaceError(f"{where}: expected a whole number >= 1, got {value!r}")
         search[key] = value
 
     params_raw = raw.get("params") or {}

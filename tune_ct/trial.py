@@ -139,16 +139,18 @@ def train_epoch(model, optimizer, scheduler, pixels: np.ndarray, labels: torch.T
                 label_smoothing: float = 0.0) -> tuple[float, int, dict[str, float]]:
     """One pass over `order` (rows of the uint8 cache): (loss sum, images seen, seconds in data / compute).
 
-    A function of its own so that bench/throughput.py times exactly the step the trials run."""
+    A function of its own so that bench/throughput.py times exactly the step the trials run. On CUDA the data /
+    compute seconds are host-side (kernels run asynchronously); the epoch's total is exact once the loss is read."""
     from tune_ct.models import regularization_loss
 
     model.train()
     timing = {"data": 0.0, "compute": 0.0}
-    loss_sum, seen = 0.0, 0
+    # Summed on the device: reading the loss every step would make the CPU wait for the GPU at every step.
+    loss_sum, seen = torch.zeros((), device=device), 0
     for rows in batches(order, batch_size, drop_last=True):
         t = time.perf_counter()
-        x = torch.from_numpy(np.asarray(pixels[rows])).to(device, non_blocking=True)
-        y = labels[rows].to(device, non_blocking=True)
+        x = to_device(torch.from_numpy(np.asarray(pixels[rows])), device)
+        y = to_device(labels[rows], device)
         x = augment(x, aug, generator).contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
         timing["data"] += t1 - t
@@ -162,10 +164,18 @@ def train_epoch(model, optimizer, scheduler, pixels: np.ndarray, labels: torch.T
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += float(loss.detach()) * len(rows)
+        loss_sum += loss.detach() * len(rows)
         seen += len(rows)
         timing["compute"] += time.perf_counter() - t1
-    return loss_sum, seen, timing
+    return float(loss_sum), seen, timing
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host batch -> device. On CUDA through pinned memory: a copy from pageable memory waits for the GPU to
+    finish all queued work first, so the CPU could never prepare the next batch while the GPU computes."""
+    if device.type == "cuda":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch
 
 
 def predict(model, pixels: np.ndarray, indices: np.ndarray, batch_size: int, device, dtype) -> np.ndarray:
@@ -226,6 +236,8 @@ def train_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, round(run.cpus_per_worker)))
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(hp.get("precision", "auto"), device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one image size per trial: pick the fastest kernels once
 
     t0 = time.perf_counter()
     data = open_or_build(Path(run.subset_path), int(hp["image_size"]), Path(run.cache_root))
@@ -264,6 +276,7 @@ def train_worker(loop_config: dict) -> None:
         start_epoch = int(state["epoch"])
 
     generator = torch.Generator(device=device)
+    report_seconds = 0.0  # the previous epoch's ray.train.report (checkpoint upload + hand-off), logged one epoch late
     for epoch in range(start_epoch, epochs):
         generator.manual_seed(run.seed * 1000 + epoch * world + rank)
         order = np.random.default_rng(run.seed * 1000 + epoch).permutation(train_idx)
@@ -297,6 +310,7 @@ def train_worker(loop_config: dict) -> None:
             "time_compute_s": timing["compute"],
             "time_val_s": val_seconds,
             "time_cache_s": cache_seconds if epoch == start_epoch else 0.0,
+            "time_report_s": report_seconds,
             "n_train": int(len(train_idx)),
             "n_val": int(len(val_idx)),
             "precision": str(dtype).replace("torch.", "") if dtype else "float32",
@@ -307,6 +321,8 @@ def train_worker(loop_config: dict) -> None:
             if rank == 0:
                 save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch + 1, hp)
                 metrics["time_checkpoint_s"] = time.perf_counter() - t
+                t = time.perf_counter()
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics, checkpoint=None)
+        report_seconds = time.perf_counter() - t
