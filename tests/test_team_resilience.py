@@ -142,3 +142,45 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
               f"duplicate child runs {len(runs) - len(by_trial)}")
     finally:
         stop_process(server)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_trial_that_had_finished_training_replays_its_last_report(tmp_path, data_dir):
+    """A driver killed after a trial's last epoch but before Tune saw it finish restarts that trial on --resume.
+    Its Train run resumes from the last checkpoint with nothing left to train; it must still report, or Tune stops
+    the whole search ("Trial returned a result which did not include the specified metric", seen in CI)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from tune_ct.data import prepare
+    from tune_ct.trial import METRICS_FILE, RunSettings, train_worker
+
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=12)
+    prep = prepare(data, tmp_path / "wd", log=lambda *a: None)
+    run = RunSettings(subset_path=str(prep.trainval_path), cache_root=str(tmp_path / "wd" / "cache"),
+                      storage_path=str(tmp_path / "storage"), experiment="replay")
+    hp = {"backbone": "baseline_cnn", "image_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8,
+          "epochs": 2}
+
+    def fit():
+        return TorchTrainer(
+            train_loop_per_worker=train_worker,
+            train_loop_config={"hp": hp, "run": vars(run)},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name="trial-x", storage_path=run.storage_path),
+        ).fit()
+
+    ray.init(address="local", num_cpus=1)
+    try:
+        first = fit()
+        second = fit()  # same name and storage: what a restarted trial does
+    finally:
+        ray.shutdown()
+    assert first.metrics["epoch"] == 2 and not first.metrics.get("replayed")
+    assert second.metrics["replayed"] is True and second.metrics["epoch"] == 2
+    for key in ("val_macro_f1", "val_loss", "val_confusion_matrix", "train_loss"):
+        assert second.metrics[key] == first.metrics[key], key  # the same epoch's numbers, not a new epoch
+    with second.checkpoint.as_directory() as folder:  # with a checkpoint the search can pick and test
+        assert (Path(folder) / "model.pt").exists() and (Path(folder) / METRICS_FILE).exists()

@@ -184,8 +184,17 @@ class TrialTracker(Callback):
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in numeric_metrics(result).items()]
-        self._log(f"trial {trial.trial_id} epoch {step} metrics",
-                  lambda: self.client.log_batch(self.run_id(trial), metrics=metrics))
+
+        def log() -> None:
+            run_id = self.run_id(trial)
+            # A resumed trial that had already trained to the end replays its last report: log it only if the
+            # driver died before that epoch reached MLflow, so no epoch is logged twice.
+            if result.get("replayed") and any(
+                    m.step == step for m in self.client.get_metric_history(run_id, "val_loss")):
+                return
+            self.client.log_batch(run_id, metrics=metrics)
+
+        self._log(f"trial {trial.trial_id} epoch {step} metrics", log)
 
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
         result = dict(trial.last_result or {})  # copied now: a queued close must log this trial's last result

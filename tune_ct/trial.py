@@ -8,6 +8,7 @@ cosine schedule, and after every epoch validates, checkpoints and reports. Metri
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -25,6 +26,7 @@ from tune_ct.files import CLASSES
 CHECKPOINT_FILE = "model.pt"
 TRIAL_DRIVER_CPU = 0.01  # Tune rejects 0; the trial driver only waits on the TorchTrainer
 TRAIN_STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.json"  # the epoch's report, kept with its checkpoint
 # Ray Train's controller collects reports and notices a finished worker group only when it polls its workers
 # (Ray's default: every 2 s, up to 2 s added to every trial's end); bench/overhead.py measures the difference.
 TRAIN_POLL_INTERVAL_S = "0.5"
@@ -193,7 +195,10 @@ def predict(model, pixels: np.ndarray, indices: np.ndarray, batch_size: int, dev
     return out
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, hp: dict) -> None:
+def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, hp: dict,
+                    metrics: dict | None = None) -> None:
+    if metrics is not None:  # replayed when a resumed trial finds nothing left to train
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     inner = getattr(model, "module", model)
     torch.save(
         {"model": inner.state_dict(), "backbone": hp["backbone"], "image_size": int(hp["image_size"]),
@@ -270,10 +275,23 @@ def train_worker(loop_config: dict) -> None:
         with checkpoint.as_directory() as folder:
             saved = load_checkpoint_file(Path(folder) / CHECKPOINT_FILE)
             state = load_checkpoint_file(Path(folder) / TRAIN_STATE_FILE)
+            last_report = Path(folder) / METRICS_FILE
+            last_metrics = json.loads(last_report.read_text()) if last_report.exists() else None
         getattr(model, "module", model).load_state_dict(saved["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
+        if start_epoch >= epochs and last_metrics is not None:
+            # Trained to the end before the search's driver died: Tune still needs this trial's final result
+            # (a trial that reports nothing stops the whole search). Replay the last report with its checkpoint.
+            with tempfile.TemporaryDirectory() as tmp:
+                if rank == 0:
+                    save_checkpoint(Path(tmp), model, optimizer, scheduler, start_epoch, hp, last_metrics)
+                    ray.train.report({**last_metrics, "replayed": True},
+                                     checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                else:
+                    ray.train.report({**last_metrics, "replayed": True}, checkpoint=None)
+            return
 
     generator = torch.Generator(device=device)
     report_seconds = 0.0  # the previous epoch's ray.train.report (checkpoint upload + hand-off), logged one epoch late
@@ -319,7 +337,7 @@ def train_worker(loop_config: dict) -> None:
         t = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
-                save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch + 1, hp)
+                save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch + 1, hp, metrics)
                 metrics["time_checkpoint_s"] = time.perf_counter() - t
                 t = time.perf_counter()
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
