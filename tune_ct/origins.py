@@ -23,6 +23,7 @@ import numpy as np
 from tune_ct.cache import write_subset
 from tune_ct.data import default_workdir, prepare, sample
 from tune_ct.files import CLASSES, DataError
+from tune_ct.manifest import read_sources
 from tune_ct.space import PARAMS, SpaceError, load_space
 
 
@@ -116,11 +117,16 @@ def run_check(args: argparse.Namespace) -> dict:
     if not args.sources:
         raise DataError("--sources is required: origins come from a CSV with file,origin columns")
     hp = base_config(args.summary, args.config, args.epochs)
-    workdir = (args.workdir or default_workdir()).resolve()
-    prep = prepare(args.data, workdir, args.sources, args.seed, args.limit_per_class)
-    known = sorted({e.origin for e in prep.manifest.entries})
+    # Checked against the CSV first: a typo must not wait for a manifest build over the whole dataset.
+    known = sorted(set(read_sources(args.sources).values()))
     if args.holdout not in known:
         raise DataError(f"--holdout {args.holdout!r} is not an origin in {args.sources}; known: {', '.join(known)}")
+    workdir = (args.workdir or default_workdir()).resolve()
+    prep = prepare(args.data, workdir, args.sources, args.seed, args.limit_per_class)
+    present = {e.origin for e in prep.manifest.entries}
+    if args.holdout not in present:
+        raise DataError(f"--holdout {args.holdout!r}: no image of {args.data} comes from it; present: "
+                        f"{', '.join(sorted(present))}")
     trainval = [e for e in sample(prep.manifest, args.limit_per_class, args.seed) if e.split in ("train", "val")]
     without = [e for e in trainval if e.origin != args.holdout]
     missing = [c for c in CLASSES if not any(e.label == c and e.split == "train" for e in without)]
