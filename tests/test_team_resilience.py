@@ -87,7 +87,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
     server, uri = start_mlflow_server(tmp_path / "mlflow")
     client = MlflowClient(uri)
     storage = tmp_path / "storage"
-    args = ("--tracking-uri", uri, "--storage", str(storage), "--name", "night", "--num-samples", "3",
+    args = ("--tracking-uri", uri, "--storage", str(storage), "--name", "night", "--num-samples", "2",
             "--max-concurrent", "1", "--summary", str(tmp_path / "summary.json"))
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(search_cmd(data_dir, *args), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
@@ -120,12 +120,18 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
         assert f"resuming {storage}/night: MLflow parent run {parent_id}" in out.stdout
         summary = json.loads((tmp_path / "summary.json").read_text())
-        assert summary["parent_run_id"] == parent_id and summary["trials"] == 3
-        runs = children_of(client, parent_id)
+        assert summary["parent_run_id"] == parent_id and summary["trials"] == 2
+        all_runs = children_of(client, parent_id)
+        # A trial that started as the driver died can be missing from Tune's last snapshot: Tune then runs a new
+        # trial in its place, and the search closes the old trial's run as KILLED, tagged, never left RUNNING.
+        orphans = [r for r in all_runs if r.data.tags.get("tune_ct.orphan")]
+        assert all(r.info.status == "KILLED" for r in orphans)
+        assert sorted(summary["orphan_child_runs"]) == sorted(r.info.run_id for r in orphans)
+        runs = [r for r in all_runs if not r.data.tags.get("tune_ct.orphan")]
         by_trial = {}
         for r in runs:
             by_trial.setdefault(r.data.tags["tune_ct.trial_id"], []).append(r)
-        assert len(runs) == 3 == len(by_trial), "exactly one child run per trial"
+        assert len(runs) == 2 == len(by_trial), "exactly one child run per trial"
         assert all(r.info.status == "FINISHED" for r in runs)
         for trial_id, (run_id, end_time) in finished_before.items():
             (run,) = by_trial[trial_id]
@@ -139,7 +145,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
         assert client.get_run(parent_id).data.tags.get("tune_ct.resumed")
         print(f"\nkilled after {len(finished_before)} finished trial(s); resume finished the search in "
               f"{resume_seconds:.0f}s ({time.monotonic() - killed_at:.0f}s after the kill); trials lost 0, "
-              f"duplicate child runs {len(runs) - len(by_trial)}")
+              f"duplicate child runs {len(runs) - len(by_trial)}, orphaned runs closed {len(orphans)}")
     finally:
         stop_process(server)
 
@@ -184,3 +190,23 @@ def test_trial_that_had_finished_training_replays_its_last_report(tmp_path, data
         assert second.metrics[key] == first.metrics[key], key  # the same epoch's numbers, not a new epoch
     with second.checkpoint.as_directory() as folder:  # with a checkpoint the search can pick and test
         assert (Path(folder) / "model.pt").exists() and (Path(folder) / METRICS_FILE).exists()
+
+
+def test_orphaned_child_run_is_closed_and_tagged(tmp_path):
+    """The run of a trial Tune no longer knows (started as the driver died) is closed KILLED with a reason; the
+    runs of known trials are left alone (a real SQLite-backed MLflow store)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from tune_ct.tracking import ORPHAN_TAG, TRIAL_ID_TAG, close_orphan_runs
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("orphans", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp).info.run_id
+    runs = {t: client.create_run(exp, tags={MLFLOW_PARENT_RUN_ID: parent, TRIAL_ID_TAG: t}).info.run_id
+            for t in ("known", "orphan", "done")}
+    client.set_terminated(runs["done"], "FINISHED")
+    assert close_orphan_runs(client, exp, parent, {"known"}) == [runs["orphan"]]
+    orphan, known = client.get_run(runs["orphan"]), client.get_run(runs["known"])
+    assert orphan.info.status == "KILLED" and "driver died" in orphan.data.tags[ORPHAN_TAG]
+    assert known.info.status == "RUNNING" and ORPHAN_TAG not in known.data.tags
+    assert client.get_run(runs["done"]).info.status == "FINISHED"

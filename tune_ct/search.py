@@ -23,7 +23,8 @@ from tune_ct.files import CLASSES, DataError
 from tune_ct.metrics import metric_key, plot_confusion_matrix
 from tune_ct.space import Space, SpaceError, load_space
 from tune_ct.resume import EXPERIMENT_TAG, ResumeError, SearchRecord, find_parent_run, latest_search, read_record, write_record
-from tune_ct.tracking import TrialTracker, code_version, default_tracking_uri, ensure_experiment, log_json
+from tune_ct.tracking import (TrialTracker, close_orphan_runs, code_version, default_tracking_uri, ensure_experiment,
+                              log_json)
 from tune_ct.tracking_server import TrackingError, check_tracking_uri
 from tune_ct.trial import TRIAL_DRIVER_CPU, RunSettings, tune_trial
 
@@ -324,10 +325,20 @@ def run_search(args: argparse.Namespace) -> dict:
     status = "FAILED"
     try:
         results = tuner.fit()
+        try:
+            orphans = close_orphan_runs(client, experiment_id, parent_id,
+                                        {str(r.metrics.get("trial_id")) for r in results if r.metrics})
+        except Exception as exc:  # noqa: BLE001 - a tracking server down at the end must not lose the search
+            orphans = []
+            print(f"WARNING: could not look for orphaned child runs: {exc}", file=sys.stderr)
+        if orphans:
+            print(f"closed {len(orphans)} child run(s) of trials started as the driver died (KILLED, tagged "
+                  f"tune_ct.orphan): {', '.join(orphans)}", flush=True)
         filesystem = storage_filesystem(storage)
         best = best_trial(results, space.metric, space.mode, tracker, filesystem)
         summary = finish(args, space, prep, workdir, client, parent_id, tracker, best, results, started, storage,
                          filesystem)
+        summary["orphan_child_runs"] = orphans
         report_tracking(args, summary, tracker)
         status = "FINISHED"
         return summary

@@ -233,6 +233,23 @@ class TrialTracker(Callback):
         self.runs.update(state.get("runs", {}))
 
 
+ORPHAN_TAG = "tune_ct.orphan"
+
+
+def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:
+    """Close the child runs of trials that Tune does not know, and say why.
+
+    A trial started moments before the search's driver died can be missing from Tune's last experiment snapshot;
+    on --resume Tune samples a new trial in its place and the old trial's run would stay RUNNING for ever."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
+    orphans = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get(TRIAL_ID_TAG) not in trial_ids]
+    for run in orphans:
+        client.set_tag(run.info.run_id, ORPHAN_TAG, "the driver died as this trial started, before Tune recorded "
+                                                    "it; the resumed search ran a new trial in its place")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return [r.info.run_id for r in orphans]
+
+
 def log_json(client: MlflowClient, run_id: str, obj, name: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
