@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", type=int, default=2, help="CPUs for each recipe's one trial")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    # The recipes run with their own working folder: relative paths would point elsewhere there.
+    args.data = str(Path(args.data).resolve())
+    args.sources = str(Path(args.sources).resolve()) if args.sources else None
+    args.workdir = args.workdir.resolve() if args.workdir else None
 
     winner = json.loads(args.winner.read_text())
     size, epochs = int(winner["best_config"]["image_size"]), int(winner["best_config"]["epochs"])
