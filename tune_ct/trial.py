@@ -198,7 +198,7 @@ def predict(model, pixels: np.ndarray, indices: np.ndarray, batch_size: int, dev
 def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, hp: dict,
                     metrics: dict | None = None) -> None:
     if metrics is not None:  # replayed when a resumed trial finds nothing left to train
-        (folder / METRICS_FILE).write_text(json.dumps(metrics, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+        (folder / METRICS_FILE).write_text(json.dumps(metrics, default=lambda o: getattr(o, "item", lambda: str(o))()))
     inner = getattr(model, "module", model)
     torch.save(
         {"model": inner.state_dict(), "backbone": hp["backbone"], "image_size": int(hp["image_size"]),
@@ -284,13 +284,7 @@ def train_worker(loop_config: dict) -> None:
         if start_epoch >= epochs and last_metrics is not None:
             # Trained to the end before the search's driver died: Tune still needs this trial's final result
             # (a trial that reports nothing stops the whole search). Replay the last report with its checkpoint.
-            with tempfile.TemporaryDirectory() as tmp:
-                if rank == 0:
-                    save_checkpoint(Path(tmp), model, optimizer, scheduler, start_epoch, hp, last_metrics)
-                    ray.train.report({**last_metrics, "replayed": True},
-                                     checkpoint=ray.train.Checkpoint.from_directory(tmp))
-                else:
-                    ray.train.report({**last_metrics, "replayed": True}, checkpoint=None)
+            report_epoch({**last_metrics, "replayed": True}, rank, model, optimizer, scheduler, start_epoch, hp)
             return
 
     generator = torch.Generator(device=device)
@@ -334,13 +328,19 @@ def train_worker(loop_config: dict) -> None:
             "precision": str(dtype).replace("torch.", "") if dtype else "float32",
             "device": device.type,
         })
+        report_seconds = report_epoch(metrics, rank, model, optimizer, scheduler, epoch + 1, hp)
+
+
+def report_epoch(metrics: dict, rank: int, model, optimizer, scheduler, epoch: int, hp: dict) -> float:
+    """Report an epoch to Ray Train: rank 0 with its checkpoint (the report saved beside it), other ranks without.
+    Returns the seconds the report itself took (logged with the next epoch)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            t = time.perf_counter()
+            save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch, hp, metrics)
+            metrics["time_checkpoint_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_checkpoint(Path(tmp), model, optimizer, scheduler, epoch + 1, hp, metrics)
-                metrics["time_checkpoint_s"] = time.perf_counter() - t
-                t = time.perf_counter()
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics, checkpoint=None)
-        report_seconds = time.perf_counter() - t
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+        return time.perf_counter() - t
