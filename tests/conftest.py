@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tune_ct.files import CLASSES
+from tune_ct.data.files import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 

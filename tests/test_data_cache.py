@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import make_small_dataset
-from tune_ct import data
-from tune_ct.cache import open_or_build, read_subset
-from tune_ct.files import CLASSES, DataError, decode_file, resize
+from tune_ct.data.cache import open_or_build
+from tune_ct.data.prepare import DataSettings, prepare
+from tune_ct.data.subsets import read_subset
+from tune_ct.data.files import CLASSES, DataError, decode_file, resize
 
 SIZE = 160  # not the stored 224, so the build really resizes
 
@@ -30,7 +31,7 @@ def _build_in_child(subset: str, cache_root: str, barrier, results) -> None:
 
 def test_two_processes_building_one_cache_end_with_one_good_cache(data_dir, tmp_path):
     root = make_small_dataset(data_dir, tmp_path / "ds", per_class=12)
-    prep = data.prepare(root, tmp_path / "work", log=quiet)
+    prep = prepare(DataSettings(root, tmp_path / "work"))
     cache_root = tmp_path / "cache"
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(2), ctx.Queue()
@@ -61,7 +62,7 @@ def test_two_processes_building_one_cache_end_with_one_good_cache(data_dir, tmp_
 
 def test_a_failed_build_leaves_no_cache_behind(data_dir, tmp_path):
     root = make_small_dataset(data_dir, tmp_path / "ds", per_class=4)
-    prep = data.prepare(root, tmp_path / "work", log=quiet)
+    prep = prepare(DataSettings(root, tmp_path / "work"))
     cache_root = tmp_path / "cache"
     victim = prep.trainval_entries[-1].file
     (root / victim).write_bytes((root / victim).read_bytes()[:300])  # truncated after the manifest was built

@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from conftest import make_small_dataset
-from tune_ct import data
-from tune_ct.files import DataError, decode_file, scan
+from tune_ct.commands import data
+from tune_ct.data.prepare import DataSettings, prepare
+from tune_ct.data.files import DataError, decode_file, scan
 
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", window=None, bits: int = 12,
@@ -155,4 +156,4 @@ def test_a_class_whose_files_are_all_rejected_is_an_error(data_dir, tmp_path):
     for f in (root / "Normal" / "images").iterdir():
         f.write_bytes(b"")
     with pytest.raises(DataError, match="Normal"):
-        data.prepare(root, tmp_path / "work", log=lambda *_: None)
+        prepare(DataSettings(root, tmp_path / "work"))

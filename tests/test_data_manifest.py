@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import make_small_dataset
-from tune_ct import manifest as mf
-from tune_ct.files import CLASSES
+from tune_ct.data import manifest as mf
+from tune_ct.data.files import CLASSES
 
 
 def quiet(*_args) -> None:
@@ -42,7 +42,7 @@ def test_near_copies_form_one_group_in_one_split(data_dir, tmp_path):
         folder = root / label / "images"
         original = sorted(folder.iterdir())[0]
         families[label] = [original.name] + near_copies(original, folder, "copy-of-" + original.stem)
-    manifest, _ = mf.build(root, tmp_path / "m.json", log=quiet)
+    manifest, _ = mf.build(root, tmp_path / "m.json")
     entries = by_file(manifest)
     groups = set()
     for label, names in families.items():
@@ -61,15 +61,15 @@ def test_near_copies_form_one_group_in_one_split(data_dir, tmp_path):
 def test_split_survives_rerun_and_added_images(data_dir, tmp_path):
     root = make_small_dataset(data_dir, tmp_path / "ds", per_class=10)
     path = tmp_path / "m.json"
-    first, report = mf.build(root, path, seed=3, log=quiet)
+    first, report = mf.build(root, path, mf.BuildOptions(seed=3))
     assert report.new_files == 40 and {e.split for e in first.entries} == set(mf.SPLITS)
-    again, report = mf.build(root, path, seed=99, log=quiet)  # a locked manifest keeps its own seed
+    again, report = mf.build(root, path, mf.BuildOptions(seed=99))  # a locked manifest keeps its own seed
     assert report.new_files == 0 and again.hash == first.hash
 
     make_small_dataset(data_dir, root, per_class=3, start=10)  # 12 new real images
     test_file = next(e for e in first.entries if e.split == "test")
     near_copies(root / test_file.file, (root / test_file.file).parent, "late-copy")
-    grown, report = mf.build(root, path, log=quiet)
+    grown, report = mf.build(root, path)
     assert report.new_files == 16 and not report.test_missing and not report.test_changed
     after = by_file(grown)
     for e in first.entries:
@@ -83,7 +83,7 @@ def test_split_survives_rerun_and_added_images(data_dir, tmp_path):
 def test_changed_or_missing_test_image_is_reported_on_every_run(data_dir, tmp_path, capsys):
     root = make_small_dataset(data_dir, tmp_path / "ds", per_class=8)
     path = tmp_path / "m.json"
-    first, _ = mf.build(root, path, log=quiet)
+    first, _ = mf.build(root, path)
     tests = [e for e in first.entries if e.split == "test"]
     changed, missing = tests[0], tests[1]
     other = data_dir / "Normal" / "images" / "Normal-999.png"
@@ -91,13 +91,13 @@ def test_changed_or_missing_test_image_is_reported_on_every_run(data_dir, tmp_pa
     (root / missing.file).unlink()
     capsys.readouterr()
 
-    second, report = mf.build(root, path, log=quiet)
+    second, report = mf.build(root, path)
     assert report.test_changed == [changed.file] and report.test_missing == [missing.file]
     err = capsys.readouterr().err
     assert "WARNING" in err and changed.file in err and missing.file in err
     assert by_file(second)[changed.file].split == "test"  # a changed test file never moves to training
 
-    third, report = mf.build(root, path, log=quiet)  # the lock remembers: still loud on the next run
+    third, report = mf.build(root, path)  # the lock remembers: still loud on the next run
     assert not report.test_changed and not report.test_missing
     assert {x["file"]: x["reason"] for x in third.lost_test} == {changed.file: "changed", missing.file: "missing"}
     assert "WARNING" in capsys.readouterr().err
@@ -112,7 +112,7 @@ def test_split_is_stratified_by_class_and_origin(data_dir, tmp_path):
         for label in CLASSES:
             for i, f in enumerate(sorted((root / label / "images").iterdir())):
                 w.writerow([f"{label}/images/{f.name}", label, "hospital-a" if i % 2 else "hospital-b"])
-    manifest, _ = mf.build(root, tmp_path / "m.json", sources=sources, log=quiet)
+    manifest, _ = mf.build(root, tmp_path / "m.json", mf.BuildOptions(sources=sources))
     assert {e.origin for e in manifest.entries} == {"hospital-a", "hospital-b"}
     for label in CLASSES:
         for origin in ("hospital-a", "hospital-b"):
@@ -131,7 +131,7 @@ def test_shared_sources_csv_names_every_shared_image(data_dir, sources_csv):
 def test_manifest_write_is_atomic(data_dir, tmp_path):
     root = make_small_dataset(data_dir, tmp_path / "ds", per_class=2)
     path = tmp_path / "m.json"
-    manifest, _ = mf.build(root, path, log=quiet)
+    manifest, _ = mf.build(root, path)
     good = path.read_text()
     manifest.entries[-1].mtime_ns = object()  # not JSON-serialisable: the write fails half-way through
     with pytest.raises(TypeError):

@@ -9,10 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
-from tune_ct.evaluate import Evaluation, _from_confusion, calibration, full_report, main
-from tune_ct.files import CLASSES
-from tune_ct.metrics import classification_metrics
-from tune_ct.models import build_model
+from tune_ct.commands.evaluate import main
+from tune_ct.evaluate.evaluation import Evaluation
+from tune_ct.evaluate.full_report import full_report
+from tune_ct.evaluate.statistics import _from_confusion, calibration
+from tune_ct.data.files import CLASSES
+from tune_ct.evaluate.metrics import classification_metrics
+from tune_ct.model.networks import build_model
 
 
 def test_confusion_shortcut_matches_sklearn():

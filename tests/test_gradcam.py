@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from tune_ct.files import CLASSES, decode_file, resize
-from tune_ct.gradcam import cam_maps, load_mask, lung_focus, target_layer
-from tune_ct.models import build_model
+from tune_ct.data.files import CLASSES, decode_file, resize
+from tune_ct.evaluate.gradcam import cam_maps, load_mask, lung_focus, target_layer
+from tune_ct.model.networks import build_model
 
 
 def test_lung_focus_known_share():

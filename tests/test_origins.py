@@ -9,8 +9,8 @@ import sys
 import pytest
 from conftest import make_small_dataset
 
-from tune_ct.files import CLASSES
-from tune_ct.manifest import load
+from tune_ct.data.files import CLASSES
+from tune_ct.data.manifest import load
 
 
 @pytest.mark.slow

@@ -13,12 +13,12 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from tune_ct import predict, promote
-from tune_ct.files import CLASSES, decode_file, resize
-from tune_ct.gradcam import cam_maps
-from tune_ct.models import BaselineCNN, build_model
-from tune_ct.registry import load_model, log_and_register
-from tune_ct.tracking import ensure_experiment
+from tune_ct.commands import predict, promote
+from tune_ct.data.files import CLASSES, decode_file, resize
+from tune_ct.evaluate.gradcam import cam_maps
+from tune_ct.model.networks import BaselineCNN, build_model
+from tune_ct.registry.models import load_model, log_and_register
+from tune_ct.track.runs import ensure_experiment
 
 from conftest import make_small_dataset
 

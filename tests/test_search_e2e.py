@@ -12,9 +12,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tune_ct.cache import read_subset
-from tune_ct.files import CLASSES
-from tune_ct.manifest import load
+from tune_ct.data.subsets import read_subset
+from tune_ct.data.files import CLASSES
+from tune_ct.data.manifest import load
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests/spaces/tiny.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tune_ct.space import SpaceError, load_space
+from tune_ct.train.space import SpaceError, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = yaml.safe_load((REPO / "tests/spaces/tiny.yaml").read_text())
@@ -68,7 +68,7 @@ def test_bad_search_setting_names_the_key(tmp_path):
 def test_gpus_per_worker_is_auto_a_fraction_or_whole(tmp_path, value, ok):
     path = write_space(tmp_path, search_patch={"gpus_per_worker": value})
     if ok:
-        assert load_space(path).search["gpus_per_worker"] == value
+        assert load_space(path).search.gpus_per_worker == value
     else:
         with pytest.raises(SpaceError, match=r"search\.gpus_per_worker: expected auto, a fraction"):
             load_space(path)

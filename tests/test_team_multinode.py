@@ -15,7 +15,7 @@ import pytest
 from conftest import make_small_dataset, start_mlflow_server, stop_process
 from mlflow.tracking import MlflowClient
 
-from tune_ct.cluster import start_local_cluster
+from ray_cluster import start_local_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 

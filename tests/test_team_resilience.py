@@ -160,11 +160,13 @@ def test_trial_that_had_finished_training_replays_its_last_report(tmp_path, data
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from tune_ct.data import prepare
-    from tune_ct.trial import METRICS_FILE, RunSettings, train_worker
+    from tune_ct.data.prepare import DataSettings, prepare
+    from tune_ct.model.checkpoint import METRICS_FILE
+    from tune_ct.train.settings import RunSettings
+    from tune_ct.train.trial import train_worker
 
     data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=12)
-    prep = prepare(data, tmp_path / "wd", log=lambda *a: None)
+    prep = prepare(DataSettings(data, tmp_path / "wd"))
     run = RunSettings(subset_path=str(prep.trainval_path), cache_root=str(tmp_path / "wd" / "cache"),
                       storage_path=str(tmp_path / "storage"), experiment="replay")
     hp = {"backbone": "baseline_cnn", "image_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 8,
@@ -197,7 +199,7 @@ def test_orphaned_child_run_is_closed_and_tagged(tmp_path):
     runs of known trials are left alone (a real SQLite-backed MLflow store)."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    from tune_ct.tracking import ORPHAN_TAG, TRIAL_ID_TAG, close_orphan_runs
+    from tune_ct.track.tracker import ORPHAN_TAG, TRIAL_ID_TAG, close_orphan_runs
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("orphans", artifact_location=(tmp_path / "art").as_uri())

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_port, make_small_dataset, stop_process
 from mlflow.tracking import MlflowClient
 
-from tune_ct.cluster import start_local_cluster
+from ray_cluster import start_local_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE = REPO / "mlflow_server/serve.py"

@@ -23,13 +23,13 @@ Distributions: ``choice: [a, b, ...]``, ``uniform: [low, high]``, ``loguniform: 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tune_ct.models import is_known_backbone
+from tune_ct.model.networks import is_known_backbone
 
 METRICS = {"val_macro_f1": "max", "val_balanced_accuracy": "max", "val_accuracy": "max", "val_loss": "min"}
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
@@ -54,16 +54,23 @@ PARAMS: dict[str, tuple[type, float | None, float | None, Any]] = {
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-SEARCH_DEFAULTS: dict[str, Any] = {
-    "metric": "val_macro_f1",
-    "num_samples": 8,
-    "max_concurrent": 2,
-    "grace_period": 1,
-    "reduction_factor": 2,
-    "workers_per_trial": 1,
-    "cpus_per_worker": 1,
-    "gpus_per_worker": "auto",
-}
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The `search` section of a space file (how to search), validated."""
+
+    metric: str = "val_macro_f1"
+    num_samples: int = 8
+    max_concurrent: int = 2
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: float = 2  # ASHA: keep the top 1/rf at each rung
+    workers_per_trial: int = 1  # Ray Train workers (DDP when > 1)
+    cpus_per_worker: float = 1
+    gpus_per_worker: float | str = "auto"  # auto: 1 per worker when the cluster has GPUs, else 0
+
+
+SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings))
 
 
 class SpaceError(ValueError):
@@ -73,12 +80,12 @@ class SpaceError(ValueError):
 @dataclass
 class Space:
     path: Path
-    search: dict[str, Any]
+    search: SearchSettings
     params: dict[str, Any]  # name -> fixed value or {distribution: args}
 
     @property
     def metric(self) -> str:
-        return self.search["metric"]
+        return self.search.metric
 
     @property
     def mode(self) -> str:
@@ -177,9 +184,41 @@ def _check_param(file: Path, name: str, spec: Any) -> Any:
     return {dist: [low, high]}
 
 
-def load_space(path: str | Path) -> Space:
-    """Read and validate a space file; every mistake is a SpaceError naming the file and key."""
-    file = Path(path)
+def _check_setting(where: str, key: str, value: Any) -> Any:
+    if key == "metric":
+        if value not in METRICS:
+            raise SpaceError(f"{where}: unknown metric {value!r}; use one of {', '.join(METRICS)}")
+    elif key == "reduction_factor":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1.5:
+            raise SpaceError(f"{where}: expected a number >= 1.5, got {value!r}")
+    elif key == "gpus_per_worker":
+        # Ray places fractions of one GPU (several small trials share a card) or whole GPUs, nothing between.
+        fraction = isinstance(value, float) and 0 < value < 1
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if value != "auto" and not (fraction or whole):
+            raise SpaceError(f"{where}: expected auto, a fraction of one GPU (0 < x < 1, e.g. 0.25: four trials "
+                             f"share a GPU) or a whole number >= 0, got {value!r}")
+    elif key == "cpus_per_worker":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise SpaceError(f"{where}: expected a number > 0, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpaceError(f"{where}: expected a whole number >= 1, got {value!r}")
+    return value
+
+
+def _check_search(file: Path, raw: Any) -> SearchSettings:
+    if raw is not None and not isinstance(raw, dict):
+        raise SpaceError(f"{file}: search must be a mapping of setting: value")
+    values = {}
+    for key, value in (raw or {}).items():
+        where = f"{file}: search.{key}"
+        if key not in SEARCH_KEYS:
+            raise SpaceError(f"{where}: unknown setting; known: {', '.join(SEARCH_KEYS)}")
+        values[key] = _check_setting(where, key, value)
+    return SearchSettings(**values)
+
+
+def _read_yaml(file: Path) -> dict:
     if not file.is_file():
         raise SpaceError(f"search space file {file} does not exist (see search_spaces/ for examples)")
     try:
@@ -191,32 +230,14 @@ def load_space(path: str | Path) -> Space:
     unknown = set(raw) - {"search", "params", "description"}
     if unknown:
         raise SpaceError(f"{file}: unknown top-level key(s) {', '.join(sorted(unknown))}; use search, params, description")
+    return raw
 
-    search = dict(SEARCH_DEFAULTS)
-    for key, value in (raw.get("search") or {}).items():
-        where = f"{file}: search.{key}"
-        if key not in SEARCH_DEFAULTS:
-            raise SpaceError(f"{where}: unknown setting; known: {', '.join(SEARCH_DEFAULTS)}")
-        if key == "metric":
-            if value not in METRICS:
-                raise SpaceError(f"{where}: unknown metric {value!r}; use one of {', '.join(METRICS)}")
-        elif key == "reduction_factor":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1.5:
-                raise SpaceError(f"{where}: expected a number >= 1.5, got {value!r}")
-        elif key == "gpus_per_worker":
-            # Ray places fractions of one GPU (several small trials share a card) or whole GPUs, nothing between.
-            fraction = isinstance(value, float) and 0 < value < 1
-            whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            if value != "auto" and not (fraction or whole):
-                raise SpaceError(f"{where}: expected auto, a fraction of one GPU (0 < x < 1, e.g. 0.25: four trials "
-                                 f"share a GPU) or a whole number >= 0, got {value!r}")
-        elif key in ("cpus_per_worker",):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise SpaceError(f"{where}: expected a number > 0, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpaceError(f"{where}: expected a whole number >= 1, got {value!r}")
-        search[key] = value
 
+def load_space(path: str | Path) -> Space:
+    """Read and validate a space file; every mistake is a SpaceError naming the file and key."""
+    file = Path(path)
+    raw = _read_yaml(file)
+    search = _check_search(file, raw.get("search"))
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
         raise SpaceError(f"{file}: params must be a mapping of parameter -> value or distribution")

@@ -1,7 +1,7 @@
 """A multi-node Ray cluster on one machine, each node its own `ray start --block` process: for trying
 `--address`, lost nodes and token auth without cloud machines (and for the tests).
 
-    python -m tune_ct.cluster --workers 2 --folder /tmp/raycluster     # prints the address; Ctrl-C stops it all
+    python tests/ray_cluster.py --workers 2 --folder /tmp/raycluster    # prints the address; Ctrl-C stops it all
 
 Every port is chosen free and bound to 127.0.0.1, so it neither clashes with nor captures anyone else's Ray on
 the machine (plain `ray stop` would stop every Ray of the user: stopping here kills only our process groups).
@@ -202,7 +202,7 @@ def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tune_ct.cluster", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tests/ray_cluster.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--folder", type=Path, default=Path("local_cluster"), help="logs and the cluster's token")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cpus", type=float, default=1, help="CPUs per node")

@@ -1,4 +1,4 @@
-"""Classification metrics for imbalanced 4-class data (scikit-learn), and the confusion-matrix picture.
+"""Classification metrics for imbalanced 4-class data (scikit-learn).
 
 Accuracy alone hides a model that ignores the small classes, so every report carries balanced accuracy,
 macro-F1 and per-class recall next to it.
@@ -6,12 +6,10 @@ macro-F1 and per-class recall next to it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, recall_score
 
-from tune_ct.files import CLASSES
+from tune_ct.data.files import CLASSES
 
 
 def metric_key(label: str) -> str:
@@ -45,37 +43,6 @@ def majority_baseline_macro_f1(y_true: np.ndarray) -> float:
                           average="macro", zero_division=0))
 
 
-def plot_confusion_matrix(matrix, path: Path, title: str) -> Path:
-    """Counts with row-normalised shading, so small classes are as visible as large ones."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(matrix)
-    rows = counts.sum(axis=1, keepdims=True)
-    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=100)
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(CLASSES)), [c.replace(" ", "\n") for c in CLASSES], fontsize=8)
-    ax.set_yticks(range(len(CLASSES)), [c.replace(" ", "\n") for c in CLASSES], fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(counts.shape[0]):
-        for j in range(counts.shape[1]):
-            ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.6 else "black")
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write and close a matplotlib figure (closing frees it: searches draw many)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def recall_per_class_present(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Recall of each class that has films in y_true (a class absent there has no recall to report)."""
+    return {c: float((y_pred[y_true == k] == k).mean()) for k, c in enumerate(CLASSES) if (y_true == k).any()}

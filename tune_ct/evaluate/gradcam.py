@@ -14,19 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from tune_ct.augment import to_model_input
-from tune_ct.files import CLASSES, decode_file, resize
-from tune_ct.metrics import save_figure
-from tune_ct.models import BaselineCNN
+from tune_ct.data.files import CLASSES, decode_file, resize
+from tune_ct.model.augment import to_model_input
+from tune_ct.track.figures import pyplot, save_figure
 
 
 def target_layer(model: nn.Module) -> nn.Module:
     """The layer whose activations Grad-CAM weighs: the last feature stage of a CNN."""
-    if isinstance(model, BaselineCNN):
-        # The ReLU after the last conv: post-activation maps at 1/8 of the image side (the pool after it halves
-        # the resolution again and adds nothing to localisation).
-        return [m for m in model.features if isinstance(m, nn.ReLU)][-1]
-    info = getattr(model, "feature_info", None)  # timm CNNs name their last feature stage here
+    info = getattr(model, "feature_info", None)  # timm models (baseline_cnn included) name their last stage here
     if info is not None:
         try:
             return model.get_submodule(info[-1]["module"])
@@ -143,11 +138,7 @@ def pick_gallery(y_true: np.ndarray, y_pred: np.ndarray, per_class: int = 4, see
 def plot_gallery(pixels: np.ndarray, cams: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
                  rows: list[int], path: Path, title: str, per_row: int = 4) -> Path:
     """A grid of overlays; each tile names the truth, the prediction (its probability) and right/wrong."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n_rows = max(1, int(np.ceil(len(rows) / per_row)))
     fig, axes = plt.subplots(n_rows, per_row, figsize=(2.4 * per_row, 2.6 * n_rows), dpi=100, squeeze=False)
     for ax in axes.ravel():

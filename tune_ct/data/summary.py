@@ -1,69 +1,14 @@
-"""The data stage as a command: scan a dataset, update its locked manifest, print what was found.
-
-    python -m tune_ct.data --data DIR [--sources CSV] [--json FILE] [--workdir DIR]
-
-The search calls `prepare` too, so it always trains on the manifest this command shows.
-"""
+"""What the data stage decided, as JSON-able data and as the tables `python -m tune_ct.data` prints."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
-import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from tune_ct import manifest as mf
-from tune_ct.cache import write_subset
-from tune_ct.files import CLASSES, DataError, resolve_data_dir
-
-WORKDIR_ENV = "TUNE_CT_WORKDIR"
-
-
-@dataclass
-class Prepared:
-    root: Path
-    manifest: mf.Manifest
-    manifest_path: Path
-    report: mf.LockReport
-    trainval_path: Path  # the only file list trials receive
-    trainval_entries: list
-    seconds: float
-
-
-def default_workdir() -> Path:
-    return Path(os.environ.get(WORKDIR_ENV, ".tune_ct")).resolve()
-
-
-def manifest_path_for(root: Path, workdir: Path) -> Path:
-    return workdir / "manifests" / f"{root.name.replace(' ', '_')}.manifest.json"
-
-
-def prepare(data: str | Path | None, workdir: Path, sources: Path | None = None, seed: int = 0,
-            limit_per_class: int | None = None, manifest_path: Path | None = None, log=print) -> Prepared:
-    """Build or update the locked manifest, and write the train/val file list that trials may read."""
-    started = time.monotonic()
-    root = resolve_data_dir(data)
-    path = manifest_path or manifest_path_for(root, workdir)
-    manifest, report = mf.build(root, path, sources=sources, seed=seed, log=log)
-    usable = [e for e in sample(manifest, limit_per_class, seed) if e.split in ("train", "val")]
-    trainval = subset_path(workdir, manifest.hash, limit_per_class, seed, "trainval")
-    write_subset(trainval, root, usable, manifest.hash)
-    return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started)
-
-
-def subset_path(workdir: Path, manifest_hash: str, limit_per_class: int | None, seed: int, part: str) -> Path:
-    """Where a file list lives; a limited sample depends on the seed, so the seed is in its name."""
-    suffix = f"-limit{limit_per_class}-seed{seed}" if limit_per_class else ""
-    return workdir / "subsets" / f"{manifest_hash}{suffix}.{part}.json"
-
-
-def sample(manifest: mf.Manifest, limit_per_class: int | None, seed: int) -> list[mf.Entry]:
-    """All entries, or N per class drawn across the locked splits in proportion (for smoke runs)."""
-    return mf.limit_per_class(manifest.entries, limit_per_class, seed) if limit_per_class else list(manifest.entries)
+from tune_ct.data import manifest as mf
+from tune_ct.data.files import CLASSES
+from tune_ct.data.prepare import Prepared
 
 
 def summary(prep: Prepared, sources: Path | None = None) -> dict:
@@ -175,32 +120,3 @@ def print_summary(s: dict, out=None) -> None:
           f"{len(lock['test_changed'])} changed this run; {len(lock['lost_test_since_lock'])} lost since the lock",
           file=out)
     print(f"time: {s['seconds']:.1f}s", file=out)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tune_ct.data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", help="dataset folder (Kaggle layout); default $TUNE_CT_DATA")
-    parser.add_argument("--sources", type=Path, help="CSV with `file` and `origin` columns")
-    parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
-    parser.add_argument("--workdir", type=Path, default=None, help=f"manifests and caches (default ${WORKDIR_ENV} or ./.tune_ct)")
-    parser.add_argument("--manifest", type=Path, help="manifest file (default under --workdir)")
-    parser.add_argument("--seed", type=int, default=0, help="split seed for a new manifest (a locked one keeps its own)")
-    args = parser.parse_args(argv)
-    try:
-        prep = prepare(args.data, (args.workdir or default_workdir()).resolve(), args.sources, args.seed,
-                       manifest_path=args.manifest, log=lambda msg: print(msg, file=sys.stderr))
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    s = summary(prep, args.sources)
-    print_summary(s)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(s, indent=1))
-        os.replace(tmp, args.json)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

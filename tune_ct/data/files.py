@@ -1,4 +1,4 @@
-"""Stage 1: find the image files of a dataset folder and decode them to 8-bit grayscale.
+"""Find the image files of a dataset folder and decode them to 8-bit grayscale.
 
 Layout (Kaggle COVID-19 Radiography Database): ``<class>/images/<file>`` (older releases: ``<class>/<file>``);
 ``<class>/masks/`` holds lung masks, which are never used for training and are reported as ignored. Every

@@ -1,4 +1,4 @@
-"""Stage 5: MLflow tracking. One parent run per search, one child run per trial, all logged from the driver.
+"""One parent run per search, one child run per trial, all logged from the driver.
 
 Logging from the Tune driver (a `ray.tune.Callback`) rather than from workers means trial workers need no
 tracking credentials, a trial that ASHA stops still gets its run closed (FINISHED, tagged as stopped early),
@@ -8,62 +8,24 @@ and a trial that Ray restarts keeps its one run.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
 
-from tune_ct.metrics import plot_confusion_matrix
+from tune_ct.track.figures import plot_confusion_matrix
+from tune_ct.track.runs import flat_params
 
 TRIAL_ID_TAG = "tune_ct.trial_id"
-MAX_PARAM_LENGTH = 6000
-
-
-def default_tracking_uri(workdir: Path | None = None) -> str:
-    return f"sqlite:///{(Path(workdir or Path.cwd()) / 'mlflow.db').resolve()}"
-
-
-def code_version() -> str:
-    """git commit of the checkout (with -dirty), else the package version."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import version
-
-        return f"tune_ct-{version('tune_ct')}"
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """Experiment id, creating it (with local artifacts under artifact_root for file/SQLite stores)."""
-    existing = client.get_experiment_by_name(name)
-    if existing is not None:
-        return existing.experiment_id
-    location = (Path(artifact_root).resolve() / name).as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
-
-
-def flat_params(config: dict, prefix: str = "") -> list[Param]:
-    out = []
-    for key, value in sorted(config.items()):
-        if isinstance(value, dict):
-            out.extend(flat_params(value, f"{prefix}{key}."))
-        else:
-            out.append(Param(f"{prefix}{key}", str(value)[:MAX_PARAM_LENGTH]))
-    return out
+ORPHAN_TAG = "tune_ct.orphan"
+log = logging.getLogger(__name__)
 
 
 def numeric_metrics(result: dict) -> dict[str, float]:
@@ -119,8 +81,8 @@ class TrialTracker(Callback):
     def _failed(self, exc: Exception) -> None:
         self._last_failure = time.monotonic()
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        print(f"WARNING: MLflow logging failed ({first}); {len(self._pending)} call(s) queued, retrying every "
-              f"{self.retry_every_s:g}s; trials keep running", file=sys.stderr)
+        log.warning(f"WARNING: MLflow logging failed ({first}); {len(self._pending)} call(s) queued, retrying every "
+                    f"{self.retry_every_s:g}s; trials keep running")
 
     def _flush(self) -> bool:
         while self._pending:
@@ -141,8 +103,8 @@ class TrialTracker(Callback):
             time.sleep(self.retry_every_s)
         self.unlogged = [what for what, _ in self._pending]
         if self.unlogged:
-            print(f"WARNING: {len(self.unlogged)} MLflow log call(s) could not be delivered to "
-                  f"{self.tracking_uri}: " + "; ".join(self.unlogged[:20]), file=sys.stderr)
+            log.warning(f"WARNING: {len(self.unlogged)} MLflow log call(s) could not be delivered to "
+                        f"{self.tracking_uri}: " + "; ".join(self.unlogged[:20]))
 
     @property
     def client(self) -> MlflowClient:
@@ -233,8 +195,6 @@ class TrialTracker(Callback):
         self.runs.update(state.get("runs", {}))
 
 
-ORPHAN_TAG = "tune_ct.orphan"
-
 
 def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:
     """Close the child runs of trials that Tune does not know, and say why.
@@ -248,14 +208,3 @@ def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: s
                                                     "it; the resumed search ran a new trial in its place")
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     return [r.info.run_id for r in orphans]
-
-
-def log_json(client: MlflowClient, run_id: str, obj, name: str) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / name
-        path.write_text(json.dumps(obj, indent=1, default=str))
-        client.log_artifact(run_id, str(path))
-
-
-def mlflow_env(tracking_uri: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}

@@ -1,4 +1,4 @@
-"""Stage 2: the manifest. Every image's pixel hash, duplicate group, origin and split, with a locked test split.
+"""The manifest. Every image's pixel hash, duplicate group, origin and split, with a locked test split.
 
 The manifest is a JSON file. Re-running on the same data gives the same split; new images are assigned
 without moving any existing test image; a test image that changed or disappeared is reported loudly.
@@ -11,8 +11,8 @@ import csv
 import fcntl
 import hashlib
 import json
+import logging
 import os
-import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -24,7 +24,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from tune_ct.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, scan
+from tune_ct.data.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, scan
 
 MANIFEST_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -37,6 +37,7 @@ DEFAULT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 # films are so alike at 8x8 that 1,188 cross-class pairs sat within 6 bits.
 PHASH_SIZE = 16
 NEAR_DUPLICATE_BITS = 28
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -245,9 +246,18 @@ def assign_splits(entries: list[Entry], groups: list[list[int]], previous: dict[
         have[split] += len(g)
 
 
-def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: int = 0,
-          fractions: dict[str, float] | None = None, near_bits: int = NEAR_DUPLICATE_BITS,
-          workers: int | None = None, log=print) -> tuple[Manifest, LockReport]:
+@dataclass
+class BuildOptions:
+    """How a new manifest splits its data (a locked manifest keeps the seed and fractions it was made with)."""
+
+    sources: Path | None = None
+    seed: int = 0
+    fractions: dict[str, float] | None = None
+    near_bits: int = NEAR_DUPLICATE_BITS
+    workers: int | None = None
+
+
+def build(root: Path, manifest_path: Path, options: BuildOptions | None = None) -> tuple[Manifest, LockReport]:
     """Scan root, hash every image (re-using hashes of unchanged files), group duplicates, assign splits.
 
     Holds an exclusive lock on the manifest while it works: two searches started at once on one node
@@ -256,26 +266,58 @@ def build(root: Path, manifest_path: Path, sources: Path | None = None, seed: in
     manifest_path.parent.mkdir(parents=True, exist_ok=True)
     with open(manifest_path.with_name(manifest_path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build(Path(root), manifest_path, sources, seed, fractions, near_bits, workers, log)
+        return _build(Path(root), manifest_path, options or BuildOptions())
 
 
-def _build(root: Path, manifest_path: Path, sources: Path | None, seed: int, fractions: dict[str, float] | None,
-           near_bits: int, workers: int | None, log) -> tuple[Manifest, LockReport]:
-    fractions = dict(fractions or DEFAULT_FRACTIONS)
+def _build(root: Path, manifest_path: Path, options: BuildOptions) -> tuple[Manifest, LockReport]:
+    fractions = dict(options.fractions or DEFAULT_FRACTIONS)
     if abs(sum(fractions.values()) - 1.0) > 1e-6 or set(fractions) != set(SPLITS):
         raise DataError(f"split fractions {fractions} must give train, val and test summing to 1")
     found = scan(root)
-    origins = read_sources(sources)
+    origins = read_sources(options.sources)
     previous_manifest = load(manifest_path) if Path(manifest_path).exists() else None
     previous = {e.file: e for e in previous_manifest.entries} if previous_manifest else {}
+    seed = options.seed
     if previous_manifest is not None:
         seed, fractions = previous_manifest.seed, previous_manifest.fractions  # the lock includes its recipe
 
     report = LockReport()
+    entries, rejected = _hash_entries(root, found.images, previous, origins, options.workers)
+    present = {e.file: e for e in entries}
+    report.new_files = sum(1 for e in entries if e.file not in previous)
+    lost = _lost_test(previous_manifest, previous, present, report)
+    if not entries:
+        raise DataError(f"no readable images in {root}: all {len(rejected)} candidate files were rejected")
+    empty = [c for c in CLASSES if not any(e.label == c for e in entries)]
+    if empty:
+        raise DataError(f"no readable images for class(es) {', '.join(empty)} in {root}")
+
+    entries.sort(key=lambda e: e.file)
+    groups = group_duplicates(entries, options.near_bits)
+    for gid, members in enumerate(groups):
+        for i in members:
+            entries[i].group = gid
+    assign_splits(entries, groups, previous, seed, fractions, report)
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    manifest = Manifest(
+        data_root=str(root), seed=seed, fractions=fractions, entries=entries, rejected=rejected,
+        ignored=found.ignored, near_duplicate_bits=options.near_bits,
+        created=previous_manifest.created if previous_manifest else now, updated=now, lost_test=lost,
+    )
+    save(manifest, manifest_path)
+    if lost:
+        _warn_lost_test(manifest, report, root, manifest_path)
+    return manifest, report
+
+
+def _hash_entries(root: Path, images: list[tuple[str, str]], previous: dict[str, Entry], origins: dict[str, str],
+                  workers: int | None) -> tuple[list[Entry], list[dict[str, str]]]:
+    """An Entry per readable image (unchanged files keep their hashes) and a reason per rejected file."""
     entries: list[Entry] = []
     rejected: list[dict[str, str]] = []
     todo: list[tuple[str, str, os.stat_result]] = []
-    for rel, label in found.images:
+    for rel, label in images:
         try:
             st = (root / rel).stat()
         except OSError as exc:  # a dangling symlink, or a file removed while we scan
@@ -305,42 +347,21 @@ def _build(root: Path, manifest_path: Path, sources: Path | None, seed: int, fra
             else:
                 rejected.append(reject)
     if todo:
-        log(f"hashed {len(todo)} image(s) in {time.monotonic() - started:.1f}s ({len(entries)} usable in total)")
+        log.info("hashed %d image(s) in %.1fs (%d usable in total)", len(todo), time.monotonic() - started,
+                 len(entries))
+    return entries, rejected
 
-    present = {e.file: e for e in entries}
-    report.new_files = sum(1 for e in entries if e.file not in previous)
-    lost = _lost_test(previous_manifest, previous, present, report)
-    if not entries:
-        raise DataError(f"no readable images in {root}: all {len(rejected)} candidate files were rejected")
-    empty = [c for c in CLASSES if not any(e.label == c for e in entries)]
-    if empty:
-        raise DataError(f"no readable images for class(es) {', '.join(empty)} in {root}")
 
-    entries.sort(key=lambda e: e.file)
-    groups = group_duplicates(entries, near_bits)
-    for gid, members in enumerate(groups):
-        for i in members:
-            entries[i].group = gid
-    assign_splits(entries, groups, previous, seed, fractions, report)
-
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    manifest = Manifest(
-        data_root=str(root), seed=seed, fractions=fractions, entries=entries, rejected=rejected,
-        ignored=found.ignored, near_duplicate_bits=near_bits,
-        created=previous_manifest.created if previous_manifest else now, updated=now, lost_test=lost,
+def _warn_lost_test(manifest: Manifest, report: LockReport, root: Path, manifest_path: Path) -> None:
+    lost = manifest.lost_test
+    log.warning(
+        f"WARNING: the locked test split (locked {manifest.created}) changed under {root}: "
+        f"{sum(x['reason'] == 'missing' for x in lost)} test image(s) disappeared and "
+        f"{sum(x['reason'] == 'changed' for x in lost)} changed content ({len(report.test_missing)} and "
+        f"{len(report.test_changed)} on this run). Test results are not comparable with runs from before the "
+        f"change; see `lost_test` in {manifest_path}. Files: "
+        + ", ".join(f"{x['file']} ({x['reason']})" for x in lost[:10]) + (" ..." if len(lost) > 10 else "")
     )
-    save(manifest, manifest_path)
-    if lost:
-        print(
-            f"WARNING: the locked test split (locked {manifest.created}) changed under {root}: "
-            f"{sum(x['reason'] == 'missing' for x in lost)} test image(s) disappeared and "
-            f"{sum(x['reason'] == 'changed' for x in lost)} changed content ({len(report.test_missing)} and "
-            f"{len(report.test_changed)} on this run). Test results are not comparable with runs from before the "
-            f"change; see `lost_test` in {manifest_path}. Files: "
-            + ", ".join(f"{x['file']} ({x['reason']})" for x in lost[:10]) + (" ..." if len(lost) > 10 else ""),
-            file=sys.stderr,
-        )
-    return manifest, report
 
 
 def _lost_test(previous_manifest: Manifest | None, previous: dict[str, Entry], present: dict[str, Entry],
@@ -390,3 +411,10 @@ def limit_per_class(entries: list[Entry], per_class: int, seed: int) -> list[Ent
         for s in SPLITS:
             chosen.extend(by_split[s][: take[s]])
     return sorted(chosen, key=lambda e: e.file)
+
+
+def origin_map(manifest: Manifest, sources: Path | None = None) -> dict[str, str]:
+    """file -> origin for every file whose origin is known: the manifest's, overridden by a sources CSV."""
+    origins = {e.file: e.origin for e in manifest.entries if e.origin != "unknown"}
+    origins.update(read_sources(sources))
+    return origins

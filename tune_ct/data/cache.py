@@ -1,4 +1,4 @@
-"""Stage 3: decoded images cached as one uint8 memory-mapped array per (subset, image size).
+"""Decoded images cached as one uint8 memory-mapped array per (subset, image size).
 
 Trials never decode PNGs: they memory-map ``images.u8`` (N x S x S) and read ``index.json``. A cache is keyed
 by the exact list of files, their pixel hashes, labels and splits, and the image size, so any change to the
@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tune_ct.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, resize
-
-SUBSET_VERSION = 1
-
+from tune_ct.data.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, resize
+from tune_ct.data.subsets import read_subset
 
 @dataclass
 class CachedImages:
@@ -38,36 +36,6 @@ class CachedImages:
 
     def indices(self, split: str) -> np.ndarray:
         return np.array([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
-
-
-def write_subset(path: Path, data_root: Path, entries, manifest_hash: str) -> dict:
-    """The list of files a trial may read (never the test split), as a small JSON file trials receive."""
-    subset = {
-        "version": SUBSET_VERSION,
-        "data_root": str(data_root),
-        "manifest_hash": manifest_hash,
-        "files": [[e.file, e.label, e.split, e.sha] for e in entries],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(subset, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return subset
-
-
-def read_subset(path: Path) -> dict:
-    try:
-        subset = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read subset file {path} ({exc}); re-run `python -m tune_ct.data` to write it") from exc
-    if subset.get("version") != SUBSET_VERSION:
-        raise ValueError(f"subset file {path} has version {subset.get('version')}, expected {SUBSET_VERSION}")
-    return subset
 
 
 def cache_key(files: list[list[str]], size: int) -> str:

@@ -1,0 +1,1 @@
+"""The commands: each parses its arguments once into typed settings and hands every stage what it needs."""

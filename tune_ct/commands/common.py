@@ -1,0 +1,77 @@
+"""What every command shares: the data flags, console logging, domain errors as exit status 2, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tune_ct.data.prepare import WORKDIR_ENV, DataSettings, default_workdir
+
+
+def add_data_args(p: argparse.ArgumentParser, data_help: str = "dataset folder (default $TUNE_CT_DATA)",
+                  limit_help: str = "use N images per class (from the locked splits): smoke runs") -> None:
+    p.add_argument("--data", help=data_help)
+    p.add_argument("--sources", type=Path, help="CSV with file,origin columns")
+    p.add_argument("--workdir", type=Path, help=f"manifests and image caches (default ${WORKDIR_ENV} or ./.tune_ct)")
+    p.add_argument("--limit-per-class", type=int, help=limit_help)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split of a new manifest, samples and training")
+
+
+def data_settings(args: argparse.Namespace, data: str | Path | None = None) -> DataSettings:
+    if args.limit_per_class is not None and args.limit_per_class < 1:
+        raise SystemExit(f"error: --limit-per-class must be at least 1, got {args.limit_per_class}")
+    return DataSettings(data=data or args.data, workdir=(args.workdir or default_workdir()).resolve(),
+                        sources=args.sources, seed=args.seed, limit_per_class=args.limit_per_class,
+                        manifest_path=getattr(args, "manifest", None))
+
+
+def add_tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
+                   "sqlite:///./mlflow.db with artifacts in ./mlartifacts)")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each message (a redirected or captured stderr too)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
+def console_logging(verbose: bool = False) -> None:
+    """Library code logs through `logging`; a command shows tune_ct's INFO messages (DEBUG with --verbose)."""
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tune_ct")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+def exit_on(errors: tuple[type[Exception], ...], fn: Callable[[], int | None]) -> int:
+    """Run a command; an expected error (bad input, an unusable server) prints one line and exits 2."""
+    try:
+        return fn() or 0
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def write_json(path: Path, obj) -> None:
+    """Write atomically: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,61 @@
+"""Classify chest films (PNG, JPEG, DICOM) with a registered model.
+
+    python -m tune_ct.predict --model models:/cxr-classifier@champion FILE... [--json] [--gradcam OUTDIR]
+
+Prints class probabilities per file. A file that cannot be read gets its own error and the others are still
+answered; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tune_ct.commands.common import add_tracking_arg, exit_on
+from tune_ct.data.files import CLASSES
+from tune_ct.registry.models import ModelLoadError, load_model
+from tune_ct.registry.predict import Prediction, predict_files
+from tune_ct.track.uri import resolve_tracking_uri
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m tune_ct.predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a checkpoint")
+    p.add_argument("files", nargs="+", type=Path, help="PNG, JPEG or DICOM files")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
+    p.add_argument("--gradcam", type=Path, metavar="OUTDIR", help="write Grad-CAM overlays here")
+    add_tracking_arg(p)
+    return p.parse_args(argv)
+
+
+def print_predictions(model: str, preds: list[Prediction], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"model": model, "classes": list(CLASSES), "predictions": [p.__dict__ for p in preds]},
+                         indent=1))
+        return
+    for pr in preds:
+        if pr.error:
+            print(f"{pr.file}: ERROR {pr.error}")
+        else:
+            probs = "  ".join(f"{c} {v:.3f}" for c, v in pr.probabilities.items())
+            extra = f"  [overlay {pr.gradcam}]" if pr.gradcam else ""
+            print(f"{pr.file}: {pr.predicted} ({pr.probabilities[pr.predicted]:.3f})  |  {probs}{extra}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+
+    def run() -> int:
+        model, meta = load_model(args.model, tracking_uri)
+        preds = predict_files(model, int(meta["image_size"]), args.files, args.gradcam)
+        print_predictions(args.model, preds, args.json)
+        return 1 if any(pr.error for pr in preds) else 0
+
+    return exit_on((ModelLoadError,), run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

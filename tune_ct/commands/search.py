@@ -1,0 +1,101 @@
+"""The search: Ray Tune + Optuna (TPE) + ASHA over Ray Train trials, tracked in MLflow, tested once at the end.
+
+    python -m tune_ct.search --data DIR --space search_spaces/cpu_quick.yaml
+
+Flow: validate the space -> update the locked manifest -> cache train/val images -> Tune runs trials (each a
+Ray Train TorchTrainer) -> the best checkpoint by val metric is evaluated once on the locked test split ->
+everything is logged under one MLflow parent run and summarised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_logging, data_settings, exit_on,
+                                     write_json)
+from tune_ct.data.files import DataError
+from tune_ct.commands.search_steps import SearchOptions, run_search
+from tune_ct.registry.models import DEFAULT_REGISTER_NAME
+from tune_ct.track.server import TrackingError
+from tune_ct.track.uri import resolve_tracking_uri
+from tune_ct.train.resources import ClusterError
+from tune_ct.train.resume import ResumeError
+from tune_ct.train.space import SpaceError
+from tune_ct.train.storage import resolve_storage
+from tune_ct.train.tuner import SCHEDULERS, SEARCHERS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tune_ct.search", description=__doc__.split("\n\n")[0])
+    add_data_args(p, data_help="dataset folder in the Kaggle layout (default $TUNE_CT_DATA)")
+    p.add_argument("--space", required=True, type=Path, help="search space YAML (see search_spaces/)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default: the space's search.num_samples)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")
+    p.add_argument("--experiment", default="tune_ct", help="MLflow experiment name")
+    add_tracking_arg(p)
+    p.add_argument("--storage", help="Ray Tune/Train storage: a folder or s3:// URI (default ./ray_results)")
+    p.add_argument("--summary", type=Path, help="write the result summary JSON here")
+    p.add_argument("--register-name", default=DEFAULT_REGISTER_NAME,
+                   help="MLflow registered model the best model is added to as a new version ('' logs it unregistered)")
+    p.add_argument("--address", help="Ray cluster address, e.g. 127.0.0.1:6379 on the head node or 'auto' "
+                   "(default: start a local Ray). Token auth: RAY_AUTH_MODE=token and the cluster's token in "
+                   "~/.ray/auth_token or RAY_AUTH_TOKEN_PATH")
+    p.add_argument("--name", help="Tune experiment name, the folder under --storage (default search-DATE-TIME)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search --name (default: the newest) under --storage after its driver died: "
+                   "finished trials are kept, unfinished ones resume from their checkpoints, same MLflow runs")
+    p.add_argument("--searcher", choices=SEARCHERS, default="tpe",
+                   help="tpe: Optuna TPE (default); random: Tune's random sampling, the baseline for benchmarks")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                   help="asha: stop weak trials early (default); none: every trial runs all its epochs")
+    p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
+                   help="local pretrained weights for a backbone (repeatable); without it, train from scratch")
+    args = p.parse_args(argv)
+    for name in ("num_samples", "max_concurrent", "limit_per_class"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    return args
+
+
+def parse_weights(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        backbone, sep, file = item.partition("=")
+        if not sep or not backbone or not file:
+            raise SpaceError(f"--weights {item!r}: expected BACKBONE=FILE")
+        path = Path(file).expanduser().resolve()
+        if not path.is_file():
+            raise SpaceError(f"--weights {item!r}: file {path} does not exist (tune_ct never downloads weights)")
+        out[backbone] = str(path)
+    return out
+
+
+def options_from(args: argparse.Namespace) -> SearchOptions:
+    return SearchOptions(
+        space=args.space, data=data_settings(args), tracking_uri=resolve_tracking_uri(args.tracking_uri),
+        storage=resolve_storage(args.storage), experiment=args.experiment, name=args.name, resume=args.resume,
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, searcher=args.searcher,
+        scheduler=args.scheduler, weights=parse_weights(args.weights), register_name=args.register_name,
+        address=args.address, summary=args.summary,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console_logging()
+    errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError)
+
+    def run() -> int:
+        summary = run_search(options_from(args))
+        if args.summary:
+            write_json(args.summary, summary)
+        return 0
+
+    return exit_on(errors, run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

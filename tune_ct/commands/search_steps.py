@@ -1,0 +1,370 @@
+"""The steps of a search, in the order they run; `run_search` reads as the list of them.
+
+Checks come first (space, tracking server, data, Ray cluster), so a mistake costs seconds, not a night of GPUs.
+The test split is touched once, at the end, by the best checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tune_ct.data.files import CLASSES
+from tune_ct.data.prepare import DataSettings, Prepared, prepare
+from tune_ct.registry.models import DEFAULT_REGISTER_NAME
+from tune_ct.track.server import check_tracking_uri
+from tune_ct.track.uri import is_remote
+from tune_ct.train.resume import EXPERIMENT_TAG, ResumeError, SearchRecord, find_parent_run, latest_search, read_record, write_record
+from tune_ct.train.space import Space, load_space
+from tune_ct.train.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Everything a search is told, parsed once from the command line."""
+
+    space: Path
+    data: DataSettings
+    tracking_uri: str
+    storage: str
+    experiment: str = "tune_ct"
+    name: str | None = None
+    resume: bool = False
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    weights: dict[str, str] = field(default_factory=dict)
+    register_name: str = DEFAULT_REGISTER_NAME
+    address: str | None = None
+    summary: Path | None = None
+
+
+@dataclass
+class SearchRun:
+    """What the steps of one search hand each other."""
+
+    options: SearchOptions
+    space: Space
+    prep: Prepared
+    client: object
+    experiment_id: str
+    run_name: str
+    parent_id: str | None = None
+    num_samples: int = 0
+    max_concurrent: int = 1
+    gpus_per_worker: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def cache_root(self) -> Path:
+        return self.options.data.workdir / "cache"
+
+
+def run_search(options: SearchOptions) -> dict:
+    started = time.monotonic()
+    space = load_space(options.space)  # every space mistake fails here, before any compute
+    check_tracking(options.tracking_uri)  # a dead or credential-rejecting server fails here, before any compute
+    prep = prepare_data(options.data)
+    run = plan_run(options, space, prep, started)
+    import ray
+
+    # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
+    # `ray start` left running on this machine.
+    context = ray.init(address=options.address or "local")
+    try:
+        fit_to_cluster(run, context.dashboard_url, ray.cluster_resources())
+        open_parent_run(run)
+        build_caches(run)
+        return search_and_publish(run)
+    finally:
+        ray.shutdown()
+
+
+def search_and_publish(run: SearchRun) -> dict:
+    """Run the trials, then test and register the best; the parent run ends FINISHED, FAILED or KILLED."""
+    status = "FAILED"
+    try:
+        tracker, tuner = make_tuner(run)
+        results = tuner.fit()
+        orphans = close_orphans(run, results)
+        best = pick_best(run, results, tracker)
+        summary = publish(run, tracker, best, results)
+        summary["orphan_child_runs"] = orphans
+        report_tracking(summary, tracker)
+        status = "FINISHED"
+        return summary
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        run.client.set_terminated(run.parent_id, status)
+
+
+def check_tracking(uri: str) -> None:
+    check_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        # Fail a log call within ~15 s instead of MLflow's minutes of backoff: TrialTracker queues and retries it.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def prepare_data(settings: DataSettings) -> Prepared:
+    prep = prepare(settings)
+    if prep.report.test_missing or prep.report.test_changed:
+        log.warning("WARNING: locked test split changed; see above")
+    return prep
+
+
+def plan_run(options: SearchOptions, space: Space, prep: Prepared, started: float) -> SearchRun:
+    """The MLflow experiment, the Tune experiment's name and, on --resume, the parent run to continue."""
+    from tune_ct.track.runs import ensure_experiment
+    from tune_ct.track.uri import connect
+
+    client = connect(options.tracking_uri)
+    local_artifacts = None if is_remote(options.tracking_uri) else Path("mlartifacts")
+    experiment_id = ensure_experiment(client, options.experiment, local_artifacts)
+    run = SearchRun(options, space, prep, client, experiment_id,
+                    options.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}", started=started)
+    run.num_samples = options.num_samples or space.search.num_samples
+    if options.resume:
+        find_resumed_parent(run)
+    return run
+
+
+def find_resumed_parent(run: SearchRun) -> None:
+    from ray import tune
+
+    options = run.options
+    run.run_name = options.name or latest_search(options.storage)
+    if not tune.Tuner.can_restore(f"{options.storage}/{run.run_name}"):
+        raise ResumeError(f"--resume: {options.storage}/{run.run_name} holds no Tune experiment to restore")
+    record = read_record(options.storage, run.run_name)
+    run.parent_id = record.parent_run_id if record else find_parent_run(run.client, run.experiment_id, run.run_name)
+    if run.parent_id is None:
+        raise ResumeError(f"--resume: no MLflow parent run for {run.run_name} in experiment {options.experiment!r} "
+                          f"at {options.tracking_uri}: pass the --tracking-uri and --experiment the search ran with")
+
+
+def fit_to_cluster(run: SearchRun, dashboard_url: str | None, resources: dict[str, float]) -> None:
+    from tune_ct.train.resources import check_dashboard, check_resources
+
+    check_dashboard(dashboard_url, run.options.address)
+    run.gpus_per_worker, run.max_concurrent = check_resources(
+        run.space.search, run.options.max_concurrent or run.space.search.max_concurrent, resources,
+        str(run.space.path))
+
+
+def open_parent_run(run: SearchRun) -> None:
+    """A new parent run with what defines the search, or the resumed search's own one reopened."""
+    client = run.client
+    if run.options.resume:
+        client.update_run(run.parent_id, status="RUNNING")
+        client.set_tag(run.parent_id, "tune_ct.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        print(f"resuming {run.options.storage}/{run.run_name}: MLflow parent run {run.parent_id}", flush=True)
+        return
+    run.parent_id = start_parent_run(run)
+    write_record(run.options.storage, SearchRecord(run.run_name, run.parent_id, run.experiment_id,
+                                                   run.options.experiment, str(run.space.path), run.num_samples))
+
+
+def start_parent_run(run: SearchRun) -> str:
+    from mlflow.entities import Param
+
+    from tune_ct.track.runs import code_version
+
+    options, space, prep = run.options, run.space, run.prep
+    parent = run.client.create_run(run.experiment_id, run_name=run.run_name, tags={
+        EXPERIMENT_TAG: run.run_name,
+        "tune_ct.space_file": str(space.path), "tune_ct.manifest_hash": prep.manifest.hash,
+        "tune_ct.code_version": code_version(), "tune_ct.data": str(prep.root),
+        "tune_ct.limit_per_class": str(options.data.limit_per_class or "none"),
+        "tune_ct.role": "search",
+    })
+    parent_id = parent.info.run_id
+    run.client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in {
+        "num_samples": run.num_samples, "max_concurrent": run.max_concurrent, "seed": options.data.seed,
+        "metric": space.metric, "grace_period": space.search.grace_period,
+        "reduction_factor": space.search.reduction_factor, "workers_per_trial": space.search.workers_per_trial,
+        "gpus_per_worker": run.gpus_per_worker, "n_trainval_images": len(prep.trainval_entries),
+        "storage": options.storage,
+        "sampler": {"tpe": "optuna.TPESampler", "random": "random"}[options.searcher],
+        "scheduler": {"asha": "ASHA", "none": "none"}[options.scheduler],
+        "pretrained": ",".join(options.weights) or "none (from scratch)",
+    }.items()])
+    run.client.log_artifact(parent_id, str(space.path))
+    return parent_id
+
+
+def build_caches(run: SearchRun) -> None:
+    """Every image-size cache once, here, so concurrent trials do not wait on each other's build."""
+    from tune_ct.data.cache import open_or_build
+
+    for size in run.space.finite_values("image_size"):
+        open_or_build(run.prep.trainval_path, int(size), run.cache_root)
+
+
+def run_settings(run: SearchRun) -> RunSettings:
+    search = run.space.search
+    return RunSettings(
+        subset_path=str(run.prep.trainval_path), cache_root=str(run.cache_root), storage_path=run.options.storage,
+        experiment=run.run_name, seed=run.options.data.seed, workers_per_trial=search.workers_per_trial,
+        cpus_per_worker=float(search.cpus_per_worker), gpus_per_worker=float(run.gpus_per_worker),
+        metric=run.space.metric, mode=run.space.mode, weights=run.options.weights,
+    )
+
+
+def make_tuner(run: SearchRun):
+    """The trial tracker and a new Tuner, or on --resume the restored Tuner with its own restored tracker."""
+    from tune_ct.track.tracker import TrialTracker
+    from tune_ct.train.trial import TRIAL_DRIVER_CPU
+    from tune_ct.train.tuner import TunePlan, new_tuner, restored_callback, restored_tuner, trainable
+
+    options = run.options
+    plan = TunePlan(run.run_name, options.storage, run.num_samples, run.max_concurrent, options.searcher,
+                    options.scheduler, options.data.seed)
+    tracker = TrialTracker(options.tracking_uri, run.experiment_id, run.parent_id, run.space.max_epochs)
+    fn = trainable(run_settings(run), TRIAL_DRIVER_CPU)
+    if options.resume:
+        tuner = restored_tuner(fn, plan)
+        return restored_callback(tuner, TrialTracker, tracker), tuner
+    return tracker, new_tuner(fn, run.space, plan, [tracker])
+
+
+def close_orphans(run: SearchRun, results) -> list[str]:
+    from tune_ct.track.tracker import close_orphan_runs
+
+    try:
+        orphans = close_orphan_runs(run.client, run.experiment_id, run.parent_id,
+                                    {str(r.metrics.get("trial_id")) for r in results if r.metrics})
+    except Exception as exc:  # noqa: BLE001 - a tracking server down at the end must not lose the search
+        log.warning(f"WARNING: could not look for orphaned child runs: {exc}")
+        return []
+    if orphans:
+        print(f"closed {len(orphans)} child run(s) of trials started as the driver died (KILLED, tagged "
+              f"tune_ct.orphan): {', '.join(orphans)}", flush=True)
+    return orphans
+
+
+def pick_best(run: SearchRun, results, tracker):
+    from tune_ct.train.best import best_trial
+    from tune_ct.train.storage import checkpoint_exists, storage_filesystem
+
+    filesystem = storage_filesystem(run.options.storage)
+    return best_trial([(r.config, r.metrics_dataframe) for r in results], run.space.metric, run.space.mode,
+                      lambda path: checkpoint_exists(filesystem, path), tracker.runs)
+
+
+def publish(run: SearchRun, tracker, best, results) -> dict:
+    """Evaluate the best checkpoint once on the locked test split; log, register and print everything."""
+    from tune_ct.evaluate.evaluation import evaluate_model, write_test_subset
+    from tune_ct.model.checkpoint import load_checkpoint_model
+    from tune_ct.registry.publish import BestModel, publish_best
+    from tune_ct.track.runs import log_json
+    from tune_ct.train.storage import fetch_checkpoint, storage_filesystem
+
+    data = run.options.data
+    folder = fetch_checkpoint(storage_filesystem(run.options.storage), best.checkpoint_path, data.workdir)
+    model, saved = load_checkpoint_model(folder)
+    test_subset = write_test_subset(run.prep.manifest, run.prep.root, data.workdir, data.limit_per_class, data.seed)
+    evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, run.cache_root)
+    published = publish_best(run.client, run.parent_id, BestModel(model, saved, evaluation, test_subset,
+                                                                  run.cache_root), run.prep,
+                             run.options.register_name, seed=data.seed)
+    log_best(run, best, evaluation)
+    summary = summarize(run, tracker, best, evaluation, results, published)
+    log_json(run.client, run.parent_id, summary, "summary.json")
+    print_result(best, evaluation, summary)
+    return summary
+
+
+def log_best(run: SearchRun, best, evaluation) -> None:
+    """The winner's val and test figures, which trial and epoch it was, and the test confusion matrix."""
+    from mlflow.entities import Metric, RunTag
+
+    from tune_ct.track.figures import plot_confusion_matrix
+
+    test = evaluation.headline()
+    now = int(time.time() * 1000)
+    metrics = {f"best_val_{k[4:]}": float(v) for k, v in best.val_metrics.items()
+               if k.startswith("val_") and isinstance(v, (int, float))}
+    metrics.update({k: float(v) for k, v in evaluation.metrics.items() if not k.endswith("confusion_matrix")})
+    metrics["test_majority_class_macro_f1"] = test["majority_class_macro_f1"]
+    run.client.log_batch(run.parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=[
+        RunTag("tune_ct.best_trial_id", best.trial_id), RunTag("tune_ct.best_run_id", best.run_id or ""),
+        RunTag("tune_ct.best_checkpoint", best.checkpoint_path), RunTag("tune_ct.best_epoch", str(best.epoch)),
+    ])
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_confusion_matrix(test["confusion_matrix"], Path(tmp) / "test_confusion_matrix.png",
+                              f"locked test split (n={test['n']}), best trial {best.trial_id}")
+        run.client.log_artifacts(run.parent_id, tmp)
+
+
+def summarize(run: SearchRun, tracker, best, evaluation, results, published: dict) -> dict:
+    trials = list(results)
+    return {
+        "best_trial_id": best.trial_id,
+        "best_config": best.config,
+        "best_epoch": best.epoch,
+        "best_checkpoint": best.checkpoint_path,
+        "val_metrics": {"split": "val", **best.val_metrics},
+        "test_metrics": evaluation.headline(),
+        "parent_run_id": run.parent_id,
+        "child_run_ids": [tracker.runs[t] for t in sorted(tracker.runs)],
+        "trials": len(trials),
+        "trials_errored": sum(1 for r in trials if r.error),
+        "manifest_hash": run.prep.manifest.hash,
+        "manifest": str(run.prep.manifest_path),
+        "trainval_subset": str(run.prep.trainval_path),
+        "data": str(run.prep.root),
+        "limit_per_class": run.options.data.limit_per_class,
+        "space": str(run.space.path),
+        "storage": run.options.storage,
+        "seconds": round(time.monotonic() - run.started, 1),
+        **published,  # model_uri, registered_model, registered_version, ...
+    }
+
+
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    print(f"\n{title}")
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def print_result(best, evaluation, summary: dict) -> None:
+    from tune_ct.evaluate.metrics import metric_key
+
+    test = summary["test_metrics"]
+    print_table(f"Best trial {best.trial_id} (chosen on the val split, epoch {best.epoch})",
+                [(k, str(v)) for k, v in sorted(best.config.items())])
+    sources = (("val", best.val_metrics), ("test", evaluation.metrics))
+    rows = [(f"{split} {name}", f"{src[f'{split}_{name}']:.3f}") for split, src in sources
+            for name in ("accuracy", "balanced_accuracy", "macro_f1")]
+    rows += [(f"{split} recall {c}", f"{src[f'{split}_recall_{metric_key(c)}']:.3f}")
+             for split, src in sources for c in CLASSES]
+    rows.append(("test majority-class macro-F1", f"{test['majority_class_macro_f1']:.3f}"))
+    n_val = sum(map(sum, best.val_metrics["confusion_matrix"])) if best.val_metrics.get("confusion_matrix") else "?"
+    print_table(f"Metrics: val split (n={n_val}) and locked test split (n={test['n']})", rows)
+    print(f"\ntest confusion matrix (rows true, cols predicted: {', '.join(CLASSES)}):")
+    for label, row in zip(CLASSES, test["confusion_matrix"]):
+        print(f"  {label:<16} {row}")
+    print(f"\n{summary['trials']} trials ({summary['trials_errored']} errored) in {summary['seconds']:.0f}s; "
+          f"MLflow parent run {summary['parent_run_id']}")
+
+
+def report_tracking(summary: dict, tracker) -> None:
+    """Say what reached MLflow late or never (the server dropped out during the search)."""
+    summary["tracking_delayed_calls"] = tracker.delayed
+    summary["tracking_unlogged"] = list(tracker.unlogged)
+    if tracker.delayed:
+        print(f"MLflow: {tracker.delayed} log call(s) went through on a retry after the server dropped out")
+    if tracker.unlogged:
+        log.warning(f"MLflow: {len(tracker.unlogged)} log call(s) never reached {tracker.tracking_uri}:\n  "
+                    + "\n  ".join(tracker.unlogged))

@@ -1,0 +1,60 @@
+"""Prepare a dataset for a search: update its locked manifest and write the train/val list trials may read.
+
+The data command (`python -m tune_ct.data`), the search, the evaluation and the origins check all call
+`prepare`, so each of them sees the manifest the data command shows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tune_ct.data import manifest as mf
+from tune_ct.data.files import resolve_data_dir
+from tune_ct.data.subsets import write_split_subset
+
+WORKDIR_ENV = "TUNE_CT_WORKDIR"
+
+
+@dataclass
+class Prepared:
+    root: Path
+    manifest: mf.Manifest
+    manifest_path: Path
+    report: mf.LockReport
+    trainval_path: Path  # the only file list trials receive
+    trainval_entries: list
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the data is and how a limited sample is drawn: the same for every command."""
+
+    data: str | Path | None  # --data, else $TUNE_CT_DATA
+    workdir: Path
+    sources: Path | None = None
+    seed: int = 0
+    limit_per_class: int | None = None
+    manifest_path: Path | None = None
+
+
+def default_workdir() -> Path:
+    return Path(os.environ.get(WORKDIR_ENV, ".tune_ct")).resolve()
+
+
+def manifest_path_for(root: Path, workdir: Path) -> Path:
+    return workdir / "manifests" / f"{root.name.replace(' ', '_')}.manifest.json"
+
+
+def prepare(settings: DataSettings) -> Prepared:
+    """Build or update the locked manifest, and write the train/val file list that trials may read."""
+    started = time.monotonic()
+    root = resolve_data_dir(settings.data)
+    path = settings.manifest_path or manifest_path_for(root, settings.workdir)
+    manifest, report = mf.build(root, path, mf.BuildOptions(sources=settings.sources, seed=settings.seed))
+    trainval, usable = write_split_subset(manifest, root, settings.workdir, settings.limit_per_class, settings.seed,
+                                          ("train", "val"), "trainval")
+    return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started)

@@ -1,0 +1,253 @@
+"""A Markdown report of the newest search in an MLflow experiment, with its pictures.
+
+It reads what the search logged (parent and child runs, evaluation, Grad-CAM, data overview), draws the
+learning curves of the best trials and Optuna's search-history plots (a study rebuilt from the child runs),
+and ends with the seed's questions answered from the measured numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from tune_ct.data.files import CLASSES
+from tune_ct.track.figures import pyplot as _plt
+
+ROLE_TAG = "tune_ct.role"
+
+
+def find_parent(client, experiment: str, run_id: str | None):
+    if run_id:
+        return client.get_run(run_id)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"error: no MLflow experiment {experiment!r}; pass --experiment and --tracking-uri")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{ROLE_TAG}` = 'search' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise SystemExit(f"error: experiment {experiment!r} has no finished search run")
+    return runs[0]
+
+
+def _download(client, run_id: str, path: str, out: Path) -> Path | None:
+    try:
+        return Path(client.download_artifacts(run_id, path, str(out)))
+    except Exception:  # noqa: BLE001 - an older search may not have logged it
+        return None
+
+
+def plot_class_counts(counts: dict, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    splits = [s for s in ("train", "val", "test") if s in counts]
+    width = 0.8 / max(1, len(splits))
+    for j, s in enumerate(splits):
+        ax.bar([i + j * width for i in range(len(CLASSES))], [counts[s].get(c, 0) for c in CLASSES], width, label=s)
+    ax.set_xticks([i + width * (len(splits) - 1) / 2 for i in range(len(CLASSES))], CLASSES, fontsize=8)
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax.set_title("images per class and split (used by the search)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(client, children, metric: str, path: Path, top: int = 3) -> list:
+    plt = _plt()
+    best = sorted([c for c in children if metric in c.data.metrics], key=lambda c: -c.data.metrics[metric])[:top]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), dpi=100)
+    for c in best:
+        name = c.data.tags.get("mlflow.runName", c.info.run_id[:8])
+        for ax, keys in zip(axes, (("train_loss", "val_loss"), (metric,))):
+            for key in keys:
+                h = sorted(client.get_metric_history(c.info.run_id, key), key=lambda m: m.step)
+                if h:
+                    ax.plot([m.step for m in h], [m.value for m in h], "-o" if "val" in key else "--", ms=3,
+                            label=f"{name} {key}")
+    axes[0].set_title("loss (train dashed, val solid)", fontsize=9)
+    axes[1].set_title(f"{metric} (val split)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return best
+
+
+def rebuild_study(children, space: dict | None, metric: str):
+    """An Optuna study from the child runs' params and best val metric (for Optuna's plots)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    specs = (space or {}).get("params", {})
+    trials = []
+    done = [c for c in children if metric in c.data.metrics]
+    searched = [k for k, v in specs.items() if isinstance(v, dict)] or sorted(
+        {k for c in done for k in c.data.params})
+    for c in done:
+        params, dists = {}, {}
+        for key in searched:
+            if key not in c.data.params:
+                continue
+            raw, spec = c.data.params[key], specs.get(key, {})
+            if isinstance(spec, dict) and "choice" in spec:
+                choices = tuple(str(x) for x in spec["choice"])
+                params[key], dists[key] = raw, CategoricalDistribution(choices)
+            elif isinstance(spec, dict) and spec:
+                kind, (low, high) = next(iter(spec.items()))
+                params[key] = float(raw)
+                dists[key] = FloatDistribution(float(low), float(high), log=kind.startswith("log"))
+        trials.append(optuna.trial.create_trial(params=params, distributions=dists, value=c.data.metrics[metric]))
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(trials)
+    return study
+
+
+def optuna_plots(study, out: Path) -> list[str]:
+    from optuna.visualization import matplotlib as om
+
+    plt = _plt()
+    made = []
+    for name, fn in (("optuna_history.png", om.plot_optimization_history), ("optuna_slice.png", om.plot_slice),
+                     ("optuna_importances.png", om.plot_param_importances)):
+        try:
+            ax = fn(study)
+            fig = (ax.ravel()[0] if hasattr(ax, "ravel") else ax).figure
+            fig.set_size_inches(max(6, fig.get_size_inches()[0]), 3.6)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=90)
+            plt.close(fig)
+            made.append(name)
+        except Exception as exc:  # noqa: BLE001 - importances need >= 2 trials with varied params
+            print(f"note: {name} not drawn ({exc})", file=sys.stderr)
+    return made
+
+
+def _f(v, digits=3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def test_section(ev: dict | None) -> list[str]:
+    """The locked-test figures of the best model, as Markdown tables."""
+    if not ev:
+        return []
+    ci = ev["ci95"]
+    lines = [f"## Best model on the locked test split (n={ev['n']})", "",
+              "| figure (test split) | value | 95% CI (bootstrap) |", "|---|---|---|"]
+    lines += [f"| {k} | {ev[k]:.3f} | {ci[k][0]:.3f}-{ci[k][1]:.3f} |" for k in
+              ("accuracy", "balanced_accuracy", "macro_f1")]
+    lines += [f"| macro ROC-AUC (one-vs-rest) | {_f(ev['macro_roc_auc_ovr'])} | |",
+              f"| expected calibration error | {ev['ece']:.3f} | |",
+              f"| majority-class macro-F1 (floor) | {ev['majority_class_macro_f1']:.3f} | |", "",
+              "| class | n | precision | recall (sensitivity) | specificity | F1 | ROC-AUC |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {c} | {v['support']} | {_f(v['precision'])} | {_f(v['recall'])} | {_f(v['specificity'])} | "
+              f"{_f(v['f1'])} | {_f(v['roc_auc_ovr'])} |" for c, v in ev["per_class"].items()]
+    lines += ["", "![confusion matrix](evaluation/test_confusion_matrix.png) "
+              "![reliability](evaluation/test_reliability.png)", ""]
+    if ev.get("by_origin"):
+        lines += ["| origin (test split) | n | accuracy |", "|---|---|---|"]
+        lines += [f"| {o} | {v['n']} | {v['accuracy']:.3f} |" for o, v in ev["by_origin"].items()] + [""]
+    return lines
+
+
+def focus_section(focus: dict | None) -> list[str]:
+    if not focus:
+        return []
+    lines = ["## Where the model looks (Grad-CAM, test split)", "", "![gallery](gradcam/gradcam_gallery.png)", "",
+              f"Lung focus = share of the Grad-CAM mass (predicted class) inside the lung mask; a map spread "
+              f"evenly would score {_f(focus.get('uniform_cam_baseline'), 2)}.", "",
+              "| class | films with masks | mean lung focus |", "|---|---|---|"]
+    lines += [f"| {c} | {v['n']} | {_f(v['mean'])} |" for c, v in focus["per_class"].items()] + [""]
+    return lines
+
+
+def write_report(client, parent, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    pid = parent.info.run_id
+    tags = parent.data.tags
+    metric = parent.data.params.get("metric", "val_macro_f1")
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'")
+    files = {p: _download(client, pid, p, out) for p in (
+        "evaluation", "gradcam", "data", "lung_focus.json", "summary.json")}
+    ev = json.loads((out / "evaluation" / "test_evaluation.json").read_text()) if files["evaluation"] else None
+    focus = json.loads((out / "lung_focus.json").read_text()) if files["lung_focus.json"] else None
+    summary = json.loads((out / "summary.json").read_text()) if files["summary.json"] else {}
+    space = None
+    space_name = Path(tags.get("tune_ct.space_file", "")).name
+    if space_name and (p := _download(client, pid, space_name, out)):
+        space = yaml.safe_load(p.read_text())
+    lines = [f"# Search report: {parent.data.tags.get('mlflow.runName', pid)}", "",
+             f"MLflow parent run `{pid}`, {len(children)} trials, manifest `{tags.get('tune_ct.manifest_hash')}`, "
+             f"data `{tags.get('tune_ct.data')}`, limit per class: {tags.get('tune_ct.limit_per_class')}.", ""]
+    if (out / "data" / "class_counts.json").is_file():
+        counts = json.loads((out / "data" / "class_counts.json").read_text())
+        plot_class_counts(counts["used_by_search"], out / "class_counts.png")
+        lines += ["## Data", "", "![class counts](class_counts.png)", "", "| split | " + " | ".join(CLASSES) + " |",
+                  "|---|" + "---|" * len(CLASSES)]
+        lines += [f"| {s} | " + " | ".join(str(v.get(c, 0)) for c in CLASSES) + " |"
+                  for s, v in counts["used_by_search"].items()]
+        lines += ["", "![sample images](data/sample_images.png)", ""]
+    best = plot_curves(client, children, metric, out / "curves.png")
+    lines += ["## Training curves of the best trials (train and val splits)", "", "![curves](curves.png)", ""]
+    lines += [f"- {c.data.tags.get('mlflow.runName')}: best {metric} {c.data.metrics[metric]:.3f} (val), "
+              + ", ".join(f"{k}={c.data.params[k]}" for k in ("backbone", "lr", "image_size") if k in c.data.params)
+              for c in best]
+    study = rebuild_study(children, space, metric)
+    made = optuna_plots(study, out) if len(study.trials) else []
+    lines += ["", "## Search history (Optuna, rebuilt from the MLflow child runs)", ""]
+    lines += [f"![{n}]({n})" for n in made] + [""]
+    lines += test_section(ev) + focus_section(focus)
+    lines += answers(ev, focus, summary)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def answers(ev: dict | None, focus: dict | None, summary: dict) -> list[str]:
+    out = ["## The seed's questions, answered from these numbers", ""]
+    if not ev:
+        return out + ["No test evaluation was logged for this search, so no answer can be given."]
+    covid = ev["per_class"]["COVID"]
+    lo, hi = ev["ci95"]["accuracy"]
+    out += [
+        f"**How accurate is it, on what split?** On the locked test split of this dataset (n={ev['n']} films, "
+        f"never used for training or model selection) the best model reaches accuracy {ev['accuracy']:.3f} "
+        f"(95% CI {lo:.3f}-{hi:.3f}), balanced accuracy {ev['balanced_accuracy']:.3f} and macro-F1 "
+        f"{ev['macro_f1']:.3f}. COVID sensitivity is {_f(covid['recall'])} and specificity {_f(covid['specificity'])}.",
+        "",
+        "**How does that compare with radiologists?** Published reading of chest films for COVID-19 against RT-PCR "
+        "gives sensitivity of roughly 47-89% and specificity of 41-86% across studies; in Wehbe et al. "
+        "(Radiology 2021, DeepCOVID-XR) five thoracic radiologists reached 76-81% accuracy against 82% for their AI "
+        f"on a held-out clinical test set. This model's COVID sensitivity {_f(covid['recall'])} / specificity "
+        f"{_f(covid['specificity'])} {_versus(covid['recall'], covid['specificity'])}; either way they answer a "
+        "different question.",
+        "",
+        "**Why a Kaggle-split accuracy is not the same question.** Here the labels come from the collection each "
+        "film was taken from, not from a clinical reference (RT-PCR, follow-up) on consecutive patients; each class "
+        "comes mostly from a different hospital or archive and two classes are pediatric, so a model can score "
+        "well by recognising the source (markers, borders, age, processing) rather than disease. The test split "
+        "shares those sources with training. The numbers above measure agreement with the collection labels on "
+        "films like the training films, not diagnostic accuracy in a clinic.",
+    ]
+    if focus and focus["all_with_masks"]["mean"] is not None:
+        out += ["", f"**Does it look at the lungs?** On test films with lung masks the mean lung focus is "
+                f"{focus['all_with_masks']['mean']:.2f} (an even spread would give "
+                f"{_f(focus.get('uniform_cam_baseline'), 2)}); masks exist only for Lung_Opacity and Viral Pneumonia "
+                "in this set, so COVID and Normal are not covered. A value near the even-spread share means the "
+                "model is not specifically reading the lungs."]
+    return out
+
+
+def _versus(sens, spec) -> str:
+    if sens is None or spec is None:
+        return "cannot be compared"
+    if sens >= 0.89 and spec >= 0.86:
+        return "are above the top of the published radiologist ranges on paper"
+    if sens < 0.47 or spec < 0.41:
+        return "fall below the published radiologist ranges"
+    return "fall within the published radiologist ranges"

@@ -1,0 +1,1 @@
+"""The model stage: networks (one timm name gives one model), the checkpoint format, augmentation, inference."""

@@ -1,0 +1,94 @@
+"""Networks: any timm model, and the seed's Keras CNN registered in timm as `baseline_cnn`; 1 channel, 4 classes.
+
+Every network enters through `timm.create_model`, so one name gives one model everywhere (factory, space check,
+Grad-CAM's target layer). Models train from scratch unless the user names a local weights file: nothing is
+downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from tune_ct.data.files import CLASSES
+
+BASELINE = "baseline_cnn"
+# timm reads `default_cfgs` of the module that registers a model. fixed_input_size makes timm pass the image size
+# (from input_size, which build_model overrides per trial) to the constructor: the dense layer depends on it.
+default_cfgs = generate_default_cfgs({BASELINE: {
+    "num_classes": len(CLASSES), "input_size": (1, 128, 128), "fixed_input_size": True, "mean": (0.5,),
+    "std": (0.25,), "first_conv": "features.0", "classifier": "head.1",
+}})
+
+
+class BaselineCNN(nn.Module):
+    """The seed notebook's Keras network: 3x3 convs 16-32-64-64 each followed by 2x2 max-pool, dropout 0.35
+    after the third block, dense 128 with L2 weight decay, 4 outputs."""
+
+    def __init__(self, img_size=(128, 128), in_chans: int = 1, num_classes: int = len(CLASSES), l2: float = 1e-4):
+        super().__init__()
+        side = int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
+        if side < 16:
+            raise ValueError(f"baseline_cnn needs image_size >= 16 (four 2x2 pools), got {side}")
+        layers: list[nn.Module] = []
+        channels = [in_chans, 16, 32, 64, 64]
+        for i in range(4):
+            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            if i == 2:
+                layers.append(nn.Dropout(0.35))
+        self.features = nn.Sequential(*layers)
+        self.dense = nn.Linear(64 * (side // 16) ** 2, 128)
+        self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(128, num_classes))
+        self.l2 = l2
+        # As timm models describe their stages: Grad-CAM weighs the ReLU after the last conv (1/8 of the image
+        # side; the pool after it halves the resolution again and adds nothing to localisation).
+        self.feature_info = [{"num_chs": 64, "reduction": 8, "module": "features.11"}]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dense(torch.flatten(self.features(x), 1)))
+
+    def regularization_loss(self) -> torch.Tensor:
+        # Keras' kernel_regularizer=l2(l2) on the dense layer adds l2 * sum(W^2) to the loss.
+        return self.l2 * self.dense.weight.pow(2).sum()
+
+
+@register_model
+def baseline_cnn(pretrained: bool = False, **kwargs) -> BaselineCNN:
+    return build_model_with_cfg(BaselineCNN, BASELINE, pretrained, **kwargs)
+
+
+def is_known_backbone(name: str) -> bool:
+    return bool(timm.is_model(name))
+
+
+def build_model(backbone: str, image_size: int, weights: str | None = None) -> nn.Module:
+    """A fresh model; `weights` is a local file (timm/torch state dict, a tune_ct checkpoint, or .safetensors)."""
+    if not timm.is_model(backbone):
+        raise ValueError(f"unknown backbone {backbone!r}: use {BASELINE} or a timm model name (timm.list_models())")
+    overlay = {"input_size": (1, image_size, image_size)}
+    if weights:
+        # timm adapts the first conv to 1 channel and drops a mismatched classifier when loading pretrained
+        # weights; the overlay points it at the local file so it never reaches for a model hub.
+        overlay.update({"file": str(_existing(weights)), "hf_hub_id": None, "url": None})
+    return timm.create_model(backbone, pretrained=bool(weights), in_chans=1, num_classes=len(CLASSES),
+                             pretrained_cfg_overlay=overlay)
+
+
+def _existing(path: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"weights file {p} does not exist. tune_ct never downloads weights: download them yourself and pass "
+            "the local path, or leave weights unset to train from scratch"
+        )
+    return p
+
+
+def regularization_loss(model: nn.Module) -> torch.Tensor | None:
+    inner = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    fn = getattr(inner, "regularization_loss", None)
+    return fn() if fn else None

@@ -1,0 +1,154 @@
+"""The model registry: log the search's best model to MLflow, register it, and load registered models back.
+
+The model is logged with `mlflow.pytorch.log_model(serialization_format="pickle")`: MLflow 3's default `pt2`
+(torch.export) format reloads as a module that Grad-CAM cannot hook. Pickle runs code when loaded, so the same
+model folder also carries the weights-only checkpoint (`extra_files/model.pt`: state dict + backbone, image
+size, classes); `load_model` rebuilds the network from it with `torch.load(weights_only=True)` and only falls
+back to the pickle for a model logged without it. Class names and preprocessing are in the MLmodel metadata.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tune_ct.data.files import CLASSES
+from tune_ct.model.augment import MEAN, STD, to_model_input
+from tune_ct.model.checkpoint import CHECKPOINT_FILE, load_checkpoint_model, save_weights
+
+DEFAULT_REGISTER_NAME = "cxr-classifier"
+WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder as extra_files/model.pt
+
+
+class ModelLoadError(RuntimeError):
+    """A model URI or checkpoint that cannot be loaded; the message says what to do."""
+
+
+def preprocessing(image_size: int) -> dict:
+    """What a caller must do to a film before the network sees it (stored with every registered model)."""
+    return {
+        "decode": "8-bit grayscale (tune_ct.data.files.decode: PNG/JPEG, DICOM with modality + VOI LUT, "
+                  "MONOCHROME1 inverted)",
+        "resize": f"{image_size}x{image_size}, bilinear with antialiasing (tune_ct.data.files.resize)",
+        "scale": "pixel / 255", "mean": MEAN, "std": STD,
+        "input": f"float32 tensor N x 1 x {image_size} x {image_size}, (pixel/255 - {MEAN}) / {STD}",
+        "output": f"logits N x {len(CLASSES)} in class order {list(CLASSES)}; softmax gives probabilities",
+    }
+
+
+def model_metadata(saved: dict, extra: dict | None = None) -> dict:
+    return {
+        "classes": list(saved.get("classes", CLASSES)),
+        "backbone": saved["backbone"],
+        "image_size": int(saved["image_size"]),
+        "preprocessing": preprocessing(int(saved["image_size"])),
+        "hp": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in saved.get("hp", {}).items()},
+        "epoch": int(saved.get("epoch", 0)),
+        **(extra or {}),
+    }
+
+
+def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, saved: dict, example: np.ndarray,
+                     register_name: str | None, metadata: dict | None = None, version_tags: dict | None = None):
+    """Log the model (pickle format + weights-only checkpoint) to run_id and register it. Returns
+    (model_uri, version or None)."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from tune_ct.track.uri import connect
+
+    model = model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)
+    x = to_model_input(torch.from_numpy(np.array(example, dtype=np.uint8)))
+    with torch.no_grad():
+        logits = model(x).numpy()
+    meta = model_metadata(saved, metadata)
+    client = connect(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / WEIGHTS_FILE
+        save_weights(weights, model, {**saved.get("hp", {}), "backbone": saved["backbone"],
+                                      "image_size": saved["image_size"]}, int(saved.get("epoch", 0)))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", serialization_format="pickle",
+                signature=infer_signature(x.numpy(), logits), input_example=x.numpy(),
+                metadata=meta, extra_files=[str(weights)],
+                extra_pip_requirements=["timm", "grad-cam"],
+                registered_model_name=register_name or None,
+            )
+    version = getattr(info, "registered_model_version", None)
+    if register_name and version is not None:
+        for key, value in {"tune_ct.backbone": meta["backbone"], "tune_ct.image_size": meta["image_size"],
+                           "tune_ct.classes": ",".join(meta["classes"]), "tune_ct.source_run_id": run_id,
+                           **(version_tags or {})}.items():
+            client.set_model_version_tag(register_name, str(version), key, str(value))
+    return info.model_uri, version
+
+
+def _local_model_dir(uri: str, tracking_uri: str) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tune_ct.track.uri import connect
+
+    connect(tracking_uri)  # models:/ URIs resolve through the registry URI: the same store
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+    except MlflowException as exc:
+        raise ModelLoadError(f"cannot load model {uri!r} from {tracking_uri}: {exc.message}. Check the name, "
+                             "version or alias (`champion` exists only after `python -m tune_ct.promote`) and "
+                             "--tracking-uri") from exc
+
+
+def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
+    """A model in eval mode and its metadata (classes, backbone, image_size, preprocessing, ...), from a
+    `models:/` / `runs:/` URI or a trial checkpoint folder or file."""
+    if "://" not in ref and ":/" not in ref:
+        path = Path(ref).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"{ref}: no such checkpoint; pass a checkpoint folder (with {WEIGHTS_FILE}) or a "
+                                 "model URI such as models:/cxr-classifier@champion")
+        model, saved = load_checkpoint_model(path)
+        return model, model_metadata(saved, {"uri": str(path.resolve())})
+    folder = _local_model_dir(ref, tracking_uri)
+    from mlflow.models import Model
+
+    try:
+        meta = dict(Model.load(str(folder)).metadata or {})
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a folder that is not a model
+        raise ModelLoadError(f"{ref} is not an MLflow model ({exc})") from exc
+    weights = folder / "extra_files" / WEIGHTS_FILE
+    if weights.is_file():
+        model, saved = load_checkpoint_model(weights)  # weights-only: never runs code from the store
+        meta = {**model_metadata(saved), **meta}
+    else:
+        import mlflow
+
+        if "image_size" not in meta:
+            raise ModelLoadError(f"{ref} carries neither {WEIGHTS_FILE} nor image_size metadata: not a tune_ct model")
+        model = mlflow.pytorch.load_model(str(folder), map_location="cpu")  # pickle: trusted stores only
+        model.eval()
+    if list(meta.get("classes", CLASSES)) != list(CLASSES):
+        raise ModelLoadError(f"{ref} predicts classes {meta.get('classes')}, expected {list(CLASSES)}")
+    meta["uri"] = ref
+    return model, meta
+
+
+def resolve_version(client, name: str, version: str | None = None, alias: str | None = None):
+    """A ModelVersion by number, alias, or the latest one."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version:
+            return client.get_model_version(name, str(version))
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as exc:
+        raise ModelLoadError(f"registered model {name!r}: {exc.message}") from exc
+    if not versions:
+        raise ModelLoadError(f"registered model {name!r} has no versions: run a search (it registers the best "
+                             "model) or check --tracking-uri")
+    return max(versions, key=lambda v: int(v.version))

@@ -1,0 +1,141 @@
+"""Publish the best model of a search: its full test evaluation, Grad-CAM and lung focus, the data overview,
+and a new registered version, all on the search's parent run."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tune_ct.data.cache import open_or_build
+from tune_ct.data.files import CLASSES
+from tune_ct.data.manifest import origin_map
+from tune_ct.evaluate import gradcam
+from tune_ct.evaluate.evaluation import Evaluation
+from tune_ct.evaluate.full_report import format_report, full_report, log_report
+from tune_ct.registry.models import DEFAULT_REGISTER_NAME, log_and_register
+from tune_ct.track.figures import pyplot, save_figure
+from tune_ct.track.runs import log_json
+
+
+@dataclass
+class BestModel:
+    """The search's winner, rebuilt from its checkpoint, and its evaluation on the locked test split."""
+
+    model: torch.nn.Module
+    saved: dict  # the checkpoint's metadata (backbone, image_size, hp, epoch)
+    evaluation: Evaluation
+    test_subset: Path
+    cache_root: Path
+
+    @property
+    def image_size(self) -> int:
+        return int(self.saved["image_size"])
+
+
+def publish_best(client, parent_id: str, best: BestModel, prep, register_name: str | None = DEFAULT_REGISTER_NAME,
+                 gallery_per_class: int = 4, seed: int = 0) -> dict:
+    """Log the full evaluation, Grad-CAM, lung focus and data overview; log and register the model. Returns what
+    it logged (for the summary)."""
+    evaluation = best.evaluation
+    if evaluation.origins is None:
+        origins = origin_map(prep.manifest)
+        evaluation.origins = [origins.get(f, "unknown") for f in evaluation.files] if origins else None
+    report = full_report(evaluation, seed=seed)
+    report.update({"manifest_hash": prep.manifest.hash, "data": str(prep.root)})
+    print("\n" + format_report(report, f"best model ({best.saved['backbone']}, {best.image_size}px)"))
+    log_report(client, parent_id, report, "best model")
+    data = open_or_build(best.test_subset, best.image_size, best.cache_root)
+    pixels = np.asarray(data.pixels[np.array([data.files.index(f) for f in evaluation.files])])
+    focus = log_gradcam(client, parent_id, best, prep.root, pixels, gallery_per_class, seed)
+    log_data_overview(client, parent_id, prep, pixels, evaluation)
+    uri, version = register(client, parent_id, best, prep, report, pixels[:1], register_name)
+    return {"model_uri": uri, "registered_model": register_name, "registered_version": version,
+            "lung_focus": focus, "test_ece": report["ece"], "test_ci95": report["ci95"]}
+
+
+def log_gradcam(client, parent_id: str, best: BestModel, data_root: Path, pixels: np.ndarray, per_class: int,
+                seed: int) -> dict:
+    """Grad-CAM of the predicted class where it is used: the gallery's films and those with a lung mask."""
+    ev = best.evaluation
+    y_pred = ev.probs.argmax(1)
+    started = time.monotonic()
+    rows = gradcam.pick_gallery(ev.y_true, y_pred, per_class, seed)
+    masked = [i for i, f in enumerate(ev.files) if gradcam.mask_path(data_root, f).is_file()]
+    need = sorted(set(rows) | set(masked))
+    cams = np.zeros(pixels.shape, dtype=np.float32)
+    cams[need] = gradcam.cam_maps(best.model, pixels[need], [int(y_pred[i]) for i in need])
+    files_m = [ev.files[i] for i in masked]
+    focus = gradcam.lung_focus_scores(data_root, files_m, ev.y_true[masked], cams[masked], ev.split)
+    focus["uniform_cam_baseline"] = gradcam.mask_area_share(data_root, files_m, best.image_size)
+    focus["seconds"] = round(time.monotonic() - started, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        gradcam.plot_gallery(pixels, cams, ev.y_true, y_pred, ev.probs, rows, Path(tmp) / "gradcam_gallery.png",
+                             f"Grad-CAM, {ev.split} split, predicted class ({best.saved['backbone']})")
+        client.log_artifacts(parent_id, tmp, "gradcam")
+    log_json(client, parent_id, focus, "lung_focus.json")
+    log_focus_metrics(client, parent_id, focus, ev.split)
+    return focus
+
+
+def log_focus_metrics(client, parent_id: str, focus: dict, split: str) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = {f"{split}_lung_focus_{c.lower().replace(' ', '_')}": v["mean"]
+               for c, v in focus["per_class"].items() if v["mean"] is not None}
+    if focus["all_with_masks"]["mean"] is not None:
+        metrics[f"{split}_lung_focus_mean"] = focus["all_with_masks"]["mean"]
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    print(f"\nlung focus ({split} split, share of Grad-CAM mass inside the lung mask; an even spread "
+          f"would score {focus['uniform_cam_baseline'] or float('nan'):.2f}):")
+    for cls, v in focus["per_class"].items():
+        print(f"  {cls:<16} " + (f"{v['mean']:.3f} (n={v['n']})" if v["mean"] is not None else "n/a (no masks)"))
+
+
+def register(client, parent_id: str, best: BestModel, prep, report: dict, example: np.ndarray,
+             register_name: str | None) -> tuple[str, str | None]:
+    """Log the model on the parent run and, with a name, register it as a new version tagged with its figures."""
+    tags = {"tune_ct.manifest_hash": prep.manifest.hash, "tune_ct.data": str(prep.root),
+            **{f"tune_ct.{k}": f"{report[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+            "tune_ct.test_n": str(report["n"])}
+    headline = {k: report[k] for k in ("split", "n", "accuracy", "balanced_accuracy", "macro_f1")}
+    uri, version = log_and_register(client.tracking_uri, parent_id, best.model, best.saved, example, register_name,
+                                    {"data": str(prep.root), "manifest_hash": prep.manifest.hash,
+                                     "test_metrics": headline}, tags)
+    if version is not None:
+        print(f"registered {register_name} version {version} ({uri}); promote it with "
+              f"`python -m tune_ct.promote --model {register_name} --version {version}`")
+    client.set_tag(parent_id, "tune_ct.model_uri", uri)
+    return uri, version
+
+
+def log_data_overview(client, run_id: str, prep, pixels: np.ndarray, evaluation: Evaluation,
+                      per_class: int = 3) -> None:
+    """Class counts per split (JSON) and a few test films per class (PNG), for the report."""
+    counts: dict[str, dict[str, int]] = {}
+    for e in prep.manifest.entries:
+        counts.setdefault(e.split, {c: 0 for c in CLASSES})[e.label] += 1
+    used: dict[str, dict[str, int]] = {}
+    for e in prep.trainval_entries:
+        used.setdefault(e.split, {c: 0 for c in CLASSES})[e.label] += 1
+    used["test"] = {c: int((evaluation.y_true == k).sum()) for k, c in enumerate(CLASSES)}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "class_counts.json").write_text(json.dumps({"manifest": counts, "used_by_search": used}, indent=1))
+        fig, axes = pyplot().subplots(len(CLASSES), per_class, figsize=(2 * per_class, 2.1 * len(CLASSES)),
+                                      dpi=100, squeeze=False)
+        for k, cls in enumerate(CLASSES):
+            rows = [i for i in range(len(evaluation.files)) if evaluation.y_true[i] == k][:per_class]
+            for j, ax in enumerate(axes[k]):
+                ax.axis("off")
+                if j < len(rows):
+                    ax.imshow(pixels[rows[j]], cmap="gray")
+                    ax.set_title(f"{cls}", fontsize=7)
+        fig.suptitle("test split samples (as the model sees them)", fontsize=9)
+        save_figure(fig, Path(tmp) / "sample_images.png")
+        client.log_artifacts(run_id, tmp, "data")

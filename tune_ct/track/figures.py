@@ -1,0 +1,49 @@
+"""matplotlib set up once (no display), and the figures every stage logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tune_ct.data.files import CLASSES
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: searches run on machines without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close a matplotlib figure (closing frees it: searches draw many)."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    pyplot().close(fig)
+    return path
+
+
+def plot_confusion_matrix(matrix, path: Path, title: str) -> Path:
+    """Counts with row-normalised shading, so small classes are as visible as large ones."""
+    plt = pyplot()
+    counts = np.asarray(matrix)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=100)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(CLASSES)), [c.replace(" ", "\n") for c in CLASSES], fontsize=8)
+    ax.set_yticks(range(len(CLASSES)), [c.replace(" ", "\n") for c in CLASSES], fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black")
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

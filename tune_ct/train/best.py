@@ -1,0 +1,44 @@
+"""Model selection on the val split: the trial and epoch with the best val metric over every epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass
+class BestTrial:
+    trial_id: str
+    config: dict
+    epoch: int
+    val_metrics: dict
+    checkpoint_path: str
+    run_id: str | None
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def best_trial(trials: Iterable[tuple[dict, object]], metric: str, mode: str, exists: Callable[[str], bool],
+               runs: dict[str, str]) -> BestTrial:
+    """`trials`: (config, per-epoch results DataFrame) per trial, as Tune's ResultGrid holds them. Only epochs
+    whose checkpoint still `exists` count: Ray Train deletes all but the best few checkpoints."""
+    best = None
+    for config, df in trials:
+        if df is None or metric not in df or "checkpoint_path" not in df:
+            continue
+        df = df.dropna(subset=[metric, "checkpoint_path"])
+        df = df[[exists(str(p)) for p in df["checkpoint_path"]]]
+        if df.empty:
+            continue
+        row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
+        if best is None or _better(row[metric], best[1][metric], mode):
+            best = (config, row)
+    if best is None:
+        raise RuntimeError("no trial reported a checkpoint: see the trial errors above")
+    config, row = best
+    trial_id = str(row["trial_id"])
+    val = {k: row[k] for k in row.index if str(k).startswith("val_") and k != "val_confusion_matrix"}
+    val["confusion_matrix"] = row.get("val_confusion_matrix")
+    return BestTrial(trial_id, dict(config), int(row["epoch"]), val, str(row["checkpoint_path"]), runs.get(trial_id))

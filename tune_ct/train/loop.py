@@ -1,0 +1,216 @@
+"""The training loop, written once: train, validate, checkpoint and report once per epoch.
+
+It knows nothing of Ray: the runner hands it a `LoopContext` (rank, world size, device, how to wrap the model for
+DDP, how to report an epoch with its checkpoint, the checkpoint to resume from). The loop memory-maps the cached
+train/val images (it never receives the test split) and trains with AdamW and a warm-up + cosine schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tune_ct.data.cache import CachedImages
+from tune_ct.data.files import CLASSES
+from tune_ct.model.augment import Augment, augment
+from tune_ct.model.checkpoint import TrainState
+from tune_ct.model.inference import autocast_dtype, predict, to_device
+from tune_ct.model.networks import regularization_loss
+from tune_ct.train.settings import RunSettings
+
+
+@dataclass
+class Training:
+    """Everything one trial trains with, built once before the first epoch."""
+
+    hp: dict
+    data: CachedImages
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    class_weight: torch.Tensor | None
+    dtype: torch.dtype | None
+    cache_seconds: float
+
+    @property
+    def epochs(self) -> int:
+        return int(self.hp["epochs"])
+
+
+@dataclass
+class LoopContext:
+    """What a runner gives the loop. `report(metrics, training, epoch)` returns the seconds the report took."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]
+    report: Callable[[dict, Training, int], float]
+    restore: Callable[[], TrainState | None]
+    gather: Callable[[object], list] = lambda obj: [obj]
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency weights (sklearn's 'balanced'), so small classes count as much as large ones."""
+    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int,
+                  warmup_epochs: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to zero at the last step; stepped once per batch."""
+    warmup = int(warmup_epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def batches(indices: np.ndarray, batch_size: int, drop_last: bool):
+    stop = len(indices) - (len(indices) % batch_size if drop_last and len(indices) > batch_size else 0)
+    for start in range(0, stop, batch_size):
+        yield np.sort(indices[start : start + batch_size])  # sorted reads are sequential in the memmap
+
+
+def train_epoch(model, optimizer, scheduler, pixels: np.ndarray, labels: torch.Tensor, order: np.ndarray,
+                batch_size: int, aug: Augment, generator: torch.Generator, device: torch.device,
+                dtype: torch.dtype | None, weight: torch.Tensor | None = None,
+                label_smoothing: float = 0.0) -> tuple[float, int, dict[str, float]]:
+    """One pass over `order` (rows of the uint8 cache): (loss sum, images seen, seconds in data / compute).
+
+    A function of its own so that bench/throughput.py times exactly the step the trials run. On CUDA the data /
+    compute seconds are host-side (kernels run asynchronously); the epoch's total is exact once the loss is read."""
+    model.train()
+    timing = {"data": 0.0, "compute": 0.0}
+    # Summed on the device: reading the loss every step would make the CPU wait for the GPU at every step.
+    loss_sum, seen = torch.zeros((), device=device), 0
+    for rows in batches(order, batch_size, drop_last=True):
+        t = time.perf_counter()
+        x = to_device(torch.from_numpy(np.asarray(pixels[rows])), device)
+        y = to_device(labels[rows], device)
+        x = augment(x, aug, generator).contiguous(memory_format=torch.channels_last)
+        t1 = time.perf_counter()
+        timing["data"] += t1 - t
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=label_smoothing)
+            reg = regularization_loss(model)
+            if reg is not None:
+                loss = loss + reg
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(rows)
+        seen += len(rows)
+        timing["compute"] += time.perf_counter() - t1
+    return float(loss_sum), seen, timing
+
+
+def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
+    """Data, model, optimizer and schedule for one trial, on the context's device."""
+    from tune_ct.data.cache import open_or_build
+    from tune_ct.model.networks import build_model
+
+    torch.set_num_threads(max(1, round(run.cpus_per_worker)))
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one image size per trial: pick the fastest kernels once
+    t0 = time.perf_counter()
+    size = int(hp["image_size"])
+    data = open_or_build(run.subset_path, size, run.cache_root)
+    cache_seconds = time.perf_counter() - t0
+    train_idx, val_idx = data.indices("train"), data.indices("val")
+
+    torch.manual_seed(run.seed)
+    model = build_model(hp["backbone"], size, run.weights.get(hp["backbone"])).to(memory_format=torch.channels_last)
+    model = ctx.prepare_model(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / ctx.world_size / int(hp["batch_size"])))
+    scheduler = warmup_cosine(optimizer, int(hp["epochs"]), steps_per_epoch, float(hp.get("warmup_epochs", 0.0)))
+    weight = class_weights(data.labels[train_idx]).to(ctx.device) if hp.get("class_weighting", True) else None
+    dtype = autocast_dtype(hp.get("precision", "auto"), ctx.device)
+    return Training(hp, data, train_idx, val_idx, model, optimizer, scheduler, weight, dtype, cache_seconds)
+
+
+def resume(training: Training, state: TrainState) -> int:
+    """Load a checkpoint's weights, optimizer and schedule; the epoch to continue from."""
+    getattr(training.model, "module", training.model).load_state_dict(state.saved["model"])
+    training.optimizer.load_state_dict(state.optimizer)
+    training.scheduler.load_state_dict(state.scheduler)
+    return state.epoch
+
+
+def validate(training: Training, ctx: LoopContext, batch_size: int) -> dict:
+    """Val metrics over every rank's shard (gathered), with the val loss."""
+    from tune_ct.evaluate.metrics import classification_metrics  # sklearn: only where the loop runs
+
+    shard = training.val_idx[ctx.rank :: ctx.world_size]
+    probs = predict(training.model, training.data.pixels, shard, max(batch_size, 64), ctx.device, training.dtype)
+    gathered = ctx.gather((training.data.labels[shard], probs))
+    y_true = np.concatenate([g[0] for g in gathered])
+    p_all = np.concatenate([g[1] for g in gathered])
+    val_loss = float(F.nll_loss(torch.log(torch.from_numpy(p_all).clamp_min(1e-8)), torch.from_numpy(y_true)))
+    return {**classification_metrics(y_true, p_all.argmax(1), prefix="val_"), "val_loss": val_loss}
+
+
+def run_epoch(training: Training, run: RunSettings, ctx: LoopContext, epoch: int) -> dict:
+    """Train one epoch on this rank's shard, validate, and return the epoch's report."""
+    hp, world, rank = training.hp, ctx.world_size, ctx.rank
+    generator = torch.Generator(device=ctx.device)
+    generator.manual_seed(run.seed * 1000 + epoch * world + rank)
+    order = np.random.default_rng(run.seed * 1000 + epoch).permutation(training.train_idx)
+    # Equal shards: under DDP every rank must run the same number of steps or the all-reduce hangs.
+    order = order[: len(order) - len(order) % world][rank::world]
+    t = time.perf_counter()
+    loss_sum, seen, timing = train_epoch(
+        training.model, training.optimizer, training.scheduler, training.data.pixels,
+        torch.from_numpy(training.data.labels), order, int(hp["batch_size"]), Augment.from_config(hp), generator,
+        ctx.device, training.dtype, training.class_weight, float(hp.get("label_smoothing", 0.0)))
+    train_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    metrics = validate(training, ctx, int(hp["batch_size"]))
+    metrics.update({
+        "epoch": epoch + 1,
+        "train_loss": sum(ctx.gather(loss_sum)) / max(1, sum(ctx.gather(seen))),
+        "lr": training.scheduler.get_last_lr()[0],
+        "train_images_per_s": seen * world / max(train_seconds, 1e-9),
+        "time_data_s": timing["data"], "time_compute_s": timing["compute"],
+        "time_val_s": time.perf_counter() - t,
+        "n_train": int(len(training.train_idx)), "n_val": int(len(training.val_idx)),
+        "precision": str(training.dtype).replace("torch.", "") if training.dtype else "float32",
+        "device": ctx.device.type,
+    })
+    return metrics
+
+
+def fit(hp: dict, run: RunSettings, ctx: LoopContext) -> None:
+    """The whole trial: resume from the context's checkpoint if there is one, then epoch after epoch."""
+    training = setup_training(hp, run, ctx)
+    start_epoch = 0
+    state = ctx.restore()
+    if state is not None:
+        start_epoch = resume(training, state)
+        if start_epoch >= training.epochs and state.last_metrics is not None:
+            # Trained to the end before the search's driver died: Tune still needs this trial's final result
+            # (a trial that reports nothing stops the whole search). Replay the last report with its checkpoint.
+            ctx.report({**state.last_metrics, "replayed": True}, training, start_epoch)
+            return
+    report_seconds = 0.0  # the previous epoch's report (checkpoint upload + hand-off), logged one epoch late
+    for epoch in range(start_epoch, training.epochs):
+        metrics = run_epoch(training, run, ctx, epoch)
+        metrics["time_cache_s"] = training.cache_seconds if epoch == start_epoch else 0.0
+        metrics["time_report_s"] = report_seconds
+        report_seconds = ctx.report(metrics, training, epoch + 1)

@@ -1,0 +1,97 @@
+"""The Tune objects of a search, built in one place: searcher, scheduler, trainable and Tuner (new or restored)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tune_ct.train.settings import RunSettings
+from tune_ct.train.space import Space
+
+log = logging.getLogger(__name__)
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclass(frozen=True)
+class TunePlan:
+    """How many trials, how many at once, and how they are sampled and stopped."""
+
+    run_name: str
+    storage: str
+    num_samples: int
+    max_concurrent: int
+    searcher: str = "tpe"  # tpe: Optuna's TPE; random: Tune's random sampling (the benchmarks' baseline)
+    scheduler: str = "asha"  # asha: stop weak trials early; none: every trial runs all its epochs
+    seed: int = 0
+
+
+def build_searcher(kind: str, seed: int, param_space: dict):
+    """Optuna TPE (seeded), or Tune's random sampling. OptunaSearch refuses a space with nothing to sample (every
+    value fixed): such trials run as they are."""
+    import optuna
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.sample import Domain
+
+    searchable = any(isinstance(v, Domain) for v in param_space.values())
+    if kind == "tpe" and searchable:
+        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+    if kind == "tpe":
+        log.info("every parameter is fixed, so there is nothing for TPE to search; running the trials as given")
+    return BasicVariantGenerator(random_state=seed)
+
+
+def build_scheduler(kind: str, max_epochs: int, grace_period: int, reduction_factor: float):
+    """ASHA on the epoch count (Tune's training_iteration restarts when a trial is retried), or none."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    if kind == "none":
+        return None
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(grace_period, max_epochs),
+                         reduction_factor=reduction_factor)
+
+
+def trainable(settings: RunSettings, driver_cpu: float):
+    from ray import tune
+
+    from tune_ct.train.trial import tune_trial
+
+    return tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": driver_cpu})
+
+
+def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
+    from ray import tune
+
+    param_space = space.tune_space()
+    return tune.Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, num_samples=plan.num_samples,
+            max_concurrent_trials=plan.max_concurrent,
+            search_alg=build_searcher(plan.searcher, plan.seed, param_space),
+            scheduler=build_scheduler(plan.scheduler, space.max_epochs, space.search.grace_period,
+                                      space.search.reduction_factor),
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=1)),
+    )
+
+
+def restored_tuner(fn, plan: TunePlan):
+    """Finished trials stay finished; unfinished and errored ones restart, and each Train run resumes from its own
+    checkpoint (same name under <storage>/train_runs). The searcher and callbacks come back from storage."""
+    from ray import tune
+
+    return tune.Tuner.restore(f"{plan.storage}/{plan.run_name}", trainable=fn, resume_errored=True)
+
+
+def restored_callback(tuner, kind: type, fallback):
+    """The callback of `kind` that Tuner.restore unpickled (it, not `fallback`, receives the trial events)."""
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+    for callback in getattr(run_config, "callbacks", None) or []:
+        if isinstance(callback, kind):
+            return callback
+    return fallback
