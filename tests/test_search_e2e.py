@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,16 +17,22 @@ from tune_ct.data.subsets import read_subset
 from tune_ct.data.files import CLASSES
 from tune_ct.data.manifest import load
 
+# System tests: real searches (local Ray, Ray Train trials, MLflow).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests/spaces/tiny.yaml"
 
 
-def search(tmp_path: Path, data: Path, *extra: str, space: Path = TINY) -> dict:
+def search(tmp_path: Path, data: Path, *extra: str, space: Path = TINY, tracking_env: str | None = None) -> dict:
     summary = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if tracking_env:
+        env["MLFLOW_TRACKING_URI"] = tracking_env
     proc = subprocess.run(
         [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(space), "--limit-per-class", "16",
          "--experiment", "e2e", "--summary", str(summary), *extra],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "locked test split" in proc.stdout
@@ -49,7 +56,7 @@ def check_tracking(client: MlflowClient, summary: dict, trials: int) -> None:
         history = client.get_metric_history(child.info.run_id, "val_macro_f1")
         assert sorted(m.step for m in history) == list(range(1, epochs_run + 1))  # one point per epoch, step = epoch
         assert {"lr", "backbone", "batch_size"} <= set(child.data.params)
-        # Where the trial's time went, per epoch (issue: trial speed).
+        # Where the trial's time went, per epoch.
         split = {"time_data_s", "time_compute_s", "time_val_s", "time_checkpoint_s", "time_report_s"}
         assert split <= set(child.data.metrics), set(child.data.metrics)
         assert child.data.metrics["time_compute_s"] > 0 and child.data.metrics["train_images_per_s"] > 0
@@ -101,8 +108,11 @@ def check_registered_and_report(tmp_path: Path, summary: dict, tracking_uri: str
 
 @pytest.mark.slow
 def test_search_with_tracking_server_two_concurrent_trials(tmp_path, data_dir, mlflow_server):
-    summary = search(tmp_path, data_dir, "--tracking-uri", mlflow_server, "--max-concurrent", "2",
-                     "--register-name", "e2e-model")
+    """The server comes from MLFLOW_TRACKING_URI alone (no --tracking-uri): runs, the registered model and the
+    report all go there, and nothing is logged into ./mlflow.db."""
+    summary = search(tmp_path, data_dir, "--max-concurrent", "2", "--register-name", "e2e-model",
+                     tracking_env=mlflow_server)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
     check_summary(summary)
     check_tracking(MlflowClient(mlflow_server), summary, trials=3)
     check_test_split_never_reached_a_trial(tmp_path, summary)
