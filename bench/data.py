@@ -24,10 +24,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tune_ct import data as data_stage
-from tune_ct import manifest as mf
-from tune_ct.cache import open_or_build, write_subset
-from tune_ct.files import CLASSES
+from tune_ct.commands.common import console_logging
+from tune_ct.data import manifest as mf
+from tune_ct.data.cache import open_or_build
+from tune_ct.data.files import CLASSES
+from tune_ct.data.prepare import DataSettings, prepare
+from tune_ct.data.subsets import write_subset
+from tune_ct.train.loop import batches
 
 BATCH = 64
 
@@ -59,12 +62,12 @@ def epoch_naive(root: Path, entries, size: int, workers: int) -> tuple[float, in
 
 
 def epoch_cache(pixels: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-    """As tune_ct/trial.py reads: a permutation cut into batches, each sorted, sliced from the memmap."""
+    """As the trial's loop reads (tune_ct.train.loop.batches): a permutation cut into batches, each sorted, sliced
+    from the memmap."""
     order = np.random.default_rng(0).permutation(len(pixels))
     labels_t = torch.from_numpy(labels)
     started, seen = time.perf_counter(), 0
-    for start in range(0, len(order) - len(order) % BATCH, BATCH):
-        rows = np.sort(order[start : start + BATCH])
+    for rows in batches(order, BATCH, drop_last=True):
         x = torch.from_numpy(np.asarray(pixels[rows])).float().div_(255.0).unsqueeze(1)
         y = labels_t[rows]
         seen += len(y)
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the loaders, not torch ops, are measured
 
-    prep = data_stage.prepare(args.data, args.workdir, args.sources, log=lambda m: print(m, file=sys.stderr))
+    console_logging()  # tune_ct logs its progress (hashing, splits) through `logging`: show it on stderr
+    prep = prepare(DataSettings(data=args.data, workdir=args.workdir.resolve(), sources=args.sources))
     m = prep.manifest
     result: dict = {
         "date": time.strftime("%Y-%m-%d"), "host": platform.node(), "cpus": os.cpu_count(),

@@ -11,6 +11,8 @@ writes (the folder is git-ignored; bench/gpu_check.sh reads it):
                             jars, no dashboard or MLflow web UI assets (the dashboard's API stays: Ray Train needs
                             it), RLlib/Serve/LLM removed, binaries stripped.
 The whole folder must stay under the transfer limit (64 MiB with the repository), so it prints its size.
+tune_ct itself (every stage subpackage, tune_ct/registry/gates.yaml) is not packed here: it travels as the working
+tree, and bench/gpu_check.sh puts the repository root on PYTHONPATH.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ once per variant, variants interleaved when --repeats > 1:
   before   the tune_ct package extracted from --before-commit (`git archive`), put first on PYTHONPATH (Ray's
            workers inherit it), with Ray Train's defaults set explicitly (controller polls every 2 s, a
            preemption-watcher actor per trial)
-  after    the working tree's tune_ct with what tune_ct.trial sets (TRAIN_ENV_DEFAULTS) and its lazy imports
+  after    the working tree's tune_ct with what tune_ct.train.trial sets (TRAIN_ENV_DEFAULTS) and its lazy imports
 Per trial: wall = its MLflow child run's start to end (opened and closed by Tune callbacks on the driver);
 in-loop = the per-epoch `time_data_s + time_compute_s + time_val_s` the trial reports; the rest is split into
 checkpoint (`time_checkpoint_s`), cache open (`time_cache_s`) and other (trial + worker-group start, reporting,
@@ -61,8 +61,17 @@ def before_source(out: Path, commit: str) -> Path:
     return folder
 
 
+def trial_module(source: Path) -> str:
+    """The module every trial process imports (trial actor, Train controller, workers) in the tune_ct under
+    `source`: tune_ct.train.trial since the package is laid out by stage, tune_ct.trial in the older flat layout
+    (the default --before-commit)."""
+    return "tune_ct.train.trial" if (source / "tune_ct" / "train" / "trial.py").exists() else "tune_ct.trial"
+
+
 def trial_rows(out: Path, name: str) -> list[dict]:
     from mlflow.tracking import MlflowClient
+
+    from tune_ct.track.tracker import TRIAL_ID_TAG  # the same tag name in the 'before' commits
 
     summary = json.loads((out / f"summary-{name}.json").read_text())
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -70,7 +79,7 @@ def trial_rows(out: Path, name: str) -> list[dict]:
     for run_id in summary["child_run_ids"]:
         info = client.get_run(run_id).info
         wall = (info.end_time - info.start_time) / 1000.0
-        trial_id = client.get_run(run_id).data.tags.get("tune_ct.trial_id")
+        trial_id = client.get_run(run_id).data.tags.get(TRIAL_ID_TAG)
         results = [json.loads(line) for p in (out / "ray_results" / name).glob(f"*{trial_id}*/result.json")
                    for line in p.read_text().splitlines() if line.strip()]
         total = {k: sum(r.get(f"time_{k}_s", 0.0) or 0.0 for r in results)
@@ -117,19 +126,22 @@ def run(args, variant: str, repeat: int, space: Path) -> list[dict]:
 
 
 def import_seconds(args, rounds: int) -> dict:
-    """`import tune_ct.trial` in a fresh interpreter, before vs after, interleaved: every trial pays it in the
-    trial actor, the Train controller and each worker."""
+    """Importing the trial module (`tune_ct.trial` in the flat layout, `tune_ct.train.trial` since) in a fresh
+    interpreter, before vs after, interleaved: every trial pays it in the trial actor, the Train controller and
+    each worker."""
     times = {"before": [], "after": []}
+    sources = {"before": before_source(args.out, args.before_commit), "after": Path(__file__).resolve().parents[1]}
+    modules = {v: trial_module(src) for v, src in sources.items()}
     for _ in range(rounds):
         for variant in times:
             env = dict(os.environ)
             if variant == "before":
-                env["PYTHONPATH"] = str(before_source(args.out, args.before_commit))
+                env["PYTHONPATH"] = str(sources["before"])
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import tune_ct.trial"], check=True, env=env, cwd=args.out)
+            subprocess.run([sys.executable, "-c", f"import {modules[variant]}"], check=True, env=env, cwd=args.out)
             times[variant].append(time.perf_counter() - t)
-    return {v: {"median_s": round(statistics.median(t), 2), "all_s": [round(x, 2) for x in t]}
-            for v, t in times.items()}
+    return {v: {"module": modules[v], "median_s": round(statistics.median(t), 2),
+                "all_s": [round(x, 2) for x in t]} for v, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,15 +3,17 @@
     python bench/search_efficiency.py --data DIR --out /tmp/se --seeds 0 1 2 --json bench/results/search_efficiency.json \
         --plot bench/results/search_efficiency.png
 
-Both methods are configured as `tune_ct.search` configures them: TPE + ASHA = OptunaSearch(TPESampler(seed)) +
-ASHAScheduler(time_attr="epoch", grace_period=1, reduction_factor=2); random = Tune's BasicVariantGenerator with
-no scheduler (`--searcher random --scheduler none`). The seed picks the data subset (`--limit-per-class`, as the
-CLI does) and the samplers; both methods of one seed see the same train/val/test files.
+Both methods are built by the CLI's own builders (tune_ct.train.tuner.build_searcher / build_scheduler) from the
+generated space: TPE + ASHA = OptunaSearch(TPESampler(seed)) + ASHAScheduler(time_attr="epoch", grace_period=1,
+reduction_factor=2); random = Tune's BasicVariantGenerator with no scheduler (`--searcher random --scheduler
+none`). The seed picks the data subset (`--limit-per-class`, as the CLI does), the samplers and training; both
+methods of one seed see the same train/val/test files.
 
 --mode inproc (default): one Ray Tune run per (method, seed) in this process, over a function trainable that runs
-  the trial's own step (`tune_ct.trial.train_epoch`, val macro-F1 from `tune_ct.metrics`) with reused actors but no
-  Ray Train worker group per trial. The algorithms and the budget accounting are the same as the CLI's; what it
-  leaves out is the per-trial process start-up, which on a 2-core machine under load made the CLI mode take hours.
+  the trial's own training loop (`tune_ct.train.loop.fit`: set-up, epochs, val metrics, a checkpoint per epoch)
+  with reused actors but no Ray Train worker group per trial. The algorithms and the budget accounting are the same
+  as the CLI's; what it leaves out is the per-trial process start-up, which on a 2-core machine under load made the
+  CLI mode take hours.
 --mode cli: each (method, seed) is a `python -m tune_ct.search` subprocess (`--analyse-only` re-reads them).
 
 Budget spent = epochs reported so far by all trials (one report = one trial-epoch), in report order. Random gets
@@ -26,11 +28,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tune_ct.train.settings import RunSettings  # plain data: no torch or Ray at import
 
 METHODS = {"random": ["--searcher", "random", "--scheduler", "none"], "tpe_asha": ["--searcher", "tpe", "--scheduler", "asha"]}
 
@@ -124,80 +129,78 @@ def run_search(args, method: str, seed: int, space: Path, num_samples: int) -> N
         raise SystemExit(f"{name} failed; see {args.out / (name + '.log')}")
 
 
-def inproc_trainable(config: dict, settings: dict) -> None:
-    """A Tune function trainable: the trial's training step and val metric, one report per epoch."""
+def report_to_tune(metrics: dict, training, epoch: int) -> float:
+    """The loop's report for a plain Tune function trainable, as tune_ct.train.trial.report_epoch does it for Ray
+    Train: the epoch's checkpoint (tune_ct's format) saved beside the metrics and handed to Tune, which keeps it
+    under the run's storage. Returns the seconds the report took."""
     import ray.tune
+
+    from tune_ct.train.loop import save_epoch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics["time_checkpoint_s"] = save_epoch(Path(tmp), training, epoch, metrics)
+        metrics["wall"] = time.time()  # report order across trials (Tune's timestamp is whole seconds)
+        t = time.perf_counter()
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+        return time.perf_counter() - t
+
+
+def inproc_trainable(config: dict, run: RunSettings) -> None:
+    """A Tune function trainable: the trial's own training loop (tune_ct.train.loop.fit), one report per epoch,
+    on this actor's CPU instead of a Ray Train worker group. Never resumed (Tune's retries start afresh)."""
     import torch
 
-    from tune_ct.augment import Augment
-    from tune_ct.cache import open_or_build
-    from tune_ct.metrics import classification_metrics
-    from tune_ct.models import build_model
-    from tune_ct.trial import class_weights, predict, train_epoch
+    from tune_ct.train.loop import LoopContext, fit
 
-    torch.set_num_threads(1)
-    size, epochs, seed = int(config["image_size"]), int(config["epochs"]), settings["seed"]
-    data = open_or_build(Path(settings["subset"]), size, Path(settings["cache"]))
-    train_idx, val_idx = data.indices("train"), data.indices("val")
-    torch.manual_seed(seed)
-    model = build_model(config["backbone"], size).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]), weight_decay=float(config["weight_decay"]))
-    batch_size = int(config["batch_size"])
-    total = epochs * max(1, len(train_idx) // batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + np.cos(np.pi * min(1.0, s / total))))
-    weight, labels = class_weights(data.labels[train_idx]), torch.from_numpy(data.labels)
-    aug, gen, device = Augment.from_config(config), torch.Generator().manual_seed(seed), torch.device("cpu")
-    trial_id = ray.tune.get_context().get_trial_id()
-    for epoch in range(epochs):
-        order = np.random.default_rng(seed * 1000 + epoch).permutation(train_idx)
-        train_epoch(model, optimizer, scheduler, data.pixels, labels, order, batch_size, aug, gen, device, None, weight)
-        probs = predict(model, data.pixels, val_idx, 64, device, None)
-        f1 = classification_metrics(data.labels[val_idx], probs.argmax(1), prefix="val_")["val_macro_f1"]
-        ckpt = Path(settings["ckpt_dir"]) / f"{trial_id}-e{epoch + 1}.pt"
-        torch.save(model.state_dict(), ckpt)
-        ray.tune.report({"epoch": epoch + 1, "val_macro_f1": float(f1), "ckpt": str(ckpt), "wall": time.time()})
+    device = torch.device("cpu")
+    ctx = LoopContext(rank=0, world_size=1, device=device, prepare_model=lambda model: model.to(device),
+                      report=report_to_tune, restore=lambda: None)
+    fit(config, run, ctx)
 
 
 def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int) -> SearchRun:
-    import optuna
-    import torch
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
 
-    from tune_ct.evaluate import evaluate_model, write_test_subset
-    from tune_ct.models import build_model
-    from tune_ct.space import load_space
+    from tune_ct.evaluate.evaluation import TestSet, evaluate_on, write_test_subset
+    from tune_ct.model.checkpoint import load_checkpoint_model
+    from tune_ct.train.space import load_space
+    from tune_ct.train.tuner import build_scheduler, build_searcher
 
     space = load_space(space_path)
     name = f"{method}-s{seed}"
-    ckpt_dir = args.out / "ckpt" / name
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    settings = {"seed": seed, "subset": str(prep.trainval_path), "cache": str(args.out / "wd" / "cache"),
-                "ckpt_dir": str(ckpt_dir)}
-    tpe = method == "tpe_asha"
+    storage = args.out / "ray_results"
+    cache_root = args.out / "wd" / "cache"
+    # What the CLI's trials share, with the CLI's seed rule (--seed picks the subset, the samplers and training).
+    run_settings = RunSettings(subset_path=str(prep.trainval_path), cache_root=str(cache_root),
+                               storage_path=str(storage), experiment=name, seed=seed, cpus_per_worker=1.0,
+                               metric=space.metric, mode=space.mode)
+    flags = dict(zip(METHODS[method][::2], METHODS[method][1::2]))  # the CLI's --searcher / --scheduler
+    searcher, scheduler = flags["--searcher"], flags["--scheduler"]
+    param_space = space.tune_space()
     started = time.monotonic()
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(inproc_trainable, settings=settings), {"cpu": 1}),
-        param_space=space.tune_space(),
+        tune.with_resources(tune.with_parameters(inproc_trainable, run=run_settings), {"cpu": 1}),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric="val_macro_f1", mode="max", max_concurrent_trials=args.max_concurrent,
-            num_samples=args.asha_trials if tpe else args.random_trials,
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed)) if tpe
-            else BasicVariantGenerator(random_state=seed),
-            scheduler=ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=1, reduction_factor=2)
-            if tpe else None,
+            metric=space.metric, mode=space.mode, max_concurrent_trials=args.max_concurrent,
+            num_samples=args.asha_trials if method == "tpe_asha" else args.random_trials,
+            # Built as the CLI builds them (tune_ct.train.tuner), from the same generated space.
+            search_alg=build_searcher(searcher, seed, param_space, args.max_concurrent),
+            scheduler=build_scheduler(scheduler, space.max_epochs, space.search.grace_period,
+                                      space.search.reduction_factor),
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(args.out / "ray_results"), verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
     )
     results = tuner.fit()
     rows = []
     for result in results:
         df = result.metrics_dataframe
         if df is not None and "val_macro_f1" in df:
-            rows += df[["trial_id", "epoch", "val_macro_f1", "ckpt", "wall"]].dropna().to_dict("records")
+            # Every report came with its checkpoint; Tune keeps them all (no num_to_keep).
+            ckpt = {int(m["epoch"]): c.path for c, m in (result.best_checkpoints or [])}
+            for r in df[["trial_id", "epoch", "val_macro_f1", "wall"]].dropna().to_dict("records"):
+                rows.append({**r, "ckpt": ckpt.get(int(r["epoch"]))})
     rows = sorted(rows, key=lambda r: r["wall"])
     used = len(rows)
     rows = rows[:budget]  # the same budget for both methods
@@ -207,10 +210,12 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
             best, win = r["val_macro_f1"], (i, r)
         curve.append(best)
     at, winner = win
-    model = build_model("baseline_cnn", args.image_size)  # the generated space fixes the backbone
-    model.load_state_dict(torch.load(winner["ckpt"], map_location="cpu", weights_only=True))
+    if winner["ckpt"] is None:
+        raise SystemExit(f"{name}: no checkpoint for the winner {winner['trial_id']} epoch {winner['epoch']}")
+    # Tested as the CLI tests its winner: the checkpoint's own network, image size and film preprocessing.
+    model, saved = load_checkpoint_model(winner["ckpt"])
     test_subset = write_test_subset(prep.manifest, prep.root, args.out / "wd", args.limit_per_class, seed)
-    test = evaluate_model(model.eval(), args.image_size, test_subset, args.out / "wd" / "cache").headline()
+    test = evaluate_on(model, saved, TestSet(prep.root, prep.manifest, test_subset, cache_root, {})).headline()
     run = SearchRun(method, seed, list(range(1, len(rows) + 1)), curve, len(results), float(best),
                     float(test["macro_f1"]), at, round(time.monotonic() - started, 1))
     (args.out / f"inproc-{name}.json").write_text(json.dumps({**asdict(run), "budget_used_total": used}))
@@ -220,12 +225,9 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
 
 
 def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
-    import matplotlib
+    from tune_ct.track.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=90)
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.6), dpi=90)
     colors = {"random": "tab:gray", "tpe_asha": "tab:blue"}
     grid = np.arange(1, budget + 1)
     for method, color in colors.items():
@@ -241,17 +243,14 @@ def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
     ax.set_ylabel("best val macro-F1 so far")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
     import ray
 
-    from tune_ct.cache import open_or_build
-    from tune_ct.data import prepare
+    from tune_ct.data.cache import open_or_build
+    from tune_ct.data.prepare import DataSettings, prepare
 
     runs = []
     ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
@@ -263,8 +262,8 @@ def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
                          for f in done.values()]
                 continue
             # The seed picks the data subset, as `tune_ct.search --seed` does; build its cache before the trials.
-            prep = prepare(args.data, args.out / "wd", seed=seed, limit_per_class=args.limit_per_class,
-                           log=lambda *a: None)
+            prep = prepare(DataSettings(data=args.data, workdir=args.out / "wd", seed=seed,
+                                        limit_per_class=args.limit_per_class))
             open_or_build(prep.trainval_path, args.image_size, args.out / "wd" / "cache")
             for method in METHODS:
                 runs.append(run_inproc(args, method, seed, space, prep, budget))

@@ -9,8 +9,9 @@ so load from other users of a shared machine hits them alike; compare the ratios
 Variants:
   bare            uint8 memmap rows -> float / 255 -> model -> cross-entropy -> AdamW (no augmentation)
   bare_cl         the same with model and input in channels_last (what the trial uses)
-  tune_ct         tune_ct.trial.train_epoch: the trial's exact step (batch augmentation, channels_last,
-                  class weights, cosine schedule, autocast per `precision: auto`)
+  tune_ct         tune_ct.train.loop.train_epoch on what tune_ct.train.loop.setup_training builds for a trial:
+                  the trial's exact step and set-up (batch augmentation, channels_last, class weights, AdamW,
+                  the warm-up + cosine schedule, autocast per `precision: auto`)
 On CUDA every variant uses the autocast dtype `precision: auto` picks (mixed precision), copies batches through
 pinned memory, and is timed between two synchronisations; GPU utilisation is sampled through NVML while it runs.
 """
@@ -32,14 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from tune_ct.augment import Augment
-from tune_ct.cache import open_or_build
-from tune_ct.data import prepare
-from tune_ct.models import build_model
-from tune_ct.trial import autocast_dtype, class_weights, to_device, train_epoch
+from tune_ct.data.cache import open_or_build
+from tune_ct.data.prepare import DataSettings, prepare
+from tune_ct.model.augment import Augment
+from tune_ct.model.inference import autocast_dtype, to_device
+from tune_ct.model.networks import build_model
+from tune_ct.train.loop import LoopContext, Training, setup_training, train_epoch
+from tune_ct.train.settings import RunSettings
 
-# The trial's augmentation at the middle of cpu_quick.yaml's ranges.
-AUG = Augment(rotation_deg=5.0, crop_scale_min=0.85, brightness=0.075, contrast=0.1)
+# The trial's augmentation at the middle of cpu_quick.yaml's ranges, as a trial's config holds it.
+AUG_CONFIG = {"aug_rotation_deg": 5.0, "aug_crop_scale_min": 0.85, "aug_brightness": 0.075, "aug_contrast": 0.1}
+AUG = Augment.from_config(AUG_CONFIG)
+LR, WEIGHT_DECAY = 1e-3, 1e-4  # every variant's AdamW
 
 
 @dataclass
@@ -133,6 +138,25 @@ def train_flops_per_image(model: torch.nn.Module, size: int, batch: int) -> floa
     return counter.get_total_flops() / batch
 
 
+def trial_training(run: RunSettings, name: str, size: int, batch_size: int, steps: int, n_train: int,
+                   device: torch.device, precision: str = "auto") -> Training:
+    """Model, optimizer, schedule, class weights and autocast dtype exactly as a trial of this model gets them
+    (tune_ct.train.loop.setup_training), with as many epochs of `n_train` images as it takes for the schedule to
+    span `steps` batches."""
+    epochs = max(1, math.ceil(steps / max(1, math.ceil(n_train / batch_size))))
+    hp = {"backbone": name, "image_size": size, "lr": LR, "weight_decay": WEIGHT_DECAY, "batch_size": batch_size,
+          "epochs": epochs, "precision": precision, **AUG_CONFIG}
+    ctx = LoopContext(rank=0, world_size=1, device=device, prepare_model=lambda model: model.to(device),
+                      report=lambda *_: 0.0, restore=lambda: None)
+    return setup_training(hp, run, ctx)
+
+
+def trial_epoch(t: Training, pixels, labels, order, batch_size: int, generator, device: torch.device):
+    """tune_ct.train.loop.train_epoch with the trial's own set-up."""
+    return train_epoch(t.model, t.optimizer, t.scheduler, pixels, labels, order, batch_size, AUG, generator, device,
+                       t.dtype, t.class_weight)
+
+
 def bare_steps(model, optimizer, pixels, labels, order, batch_size, channels_last: bool,
                device: torch.device, dtype: torch.dtype | None) -> tuple[int, float]:
     """The plain loop: no augmentation, no schedule, no class weights."""
@@ -155,7 +179,7 @@ def bare_steps(model, optimizer, pixels, labels, order, batch_size, channels_las
 
 
 def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int, rounds: int,
-            threads: int, device: torch.device) -> Row:
+            threads: int, device: torch.device, run: RunSettings) -> Row:
     dtype = autocast_dtype("auto", device)
 
     def fresh(channels_last: bool):
@@ -163,22 +187,21 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
         model = build_model(name, size).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+        return model, torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 
+    warm_steps = 3 if device.type == "cuda" else 1
     bare, bare_opt = fresh(False)
     bare_cl, bare_cl_opt = fresh(True)
-    tct, tct_opt = fresh(True)
-    sched = torch.optim.lr_scheduler.LambdaLR(tct_opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / 1000))))
-    weight = class_weights(labels.numpy()[train_idx]).to(device)
+    tct = trial_training(run, name, size, batch_size, warm_steps + rounds * steps, len(train_idx), device)
     flops = train_flops_per_image(build_model(name, size), size, batch_size)
     gen = torch.Generator(device=device).manual_seed(0)
     rng = np.random.default_rng(0)
     n = steps * batch_size
     # Warm-up steps (allocator, oneDNN / cuDNN algorithm choice) before any timing.
-    warm = np.resize(rng.permutation(train_idx), batch_size * (3 if device.type == "cuda" else 1))
+    warm = np.resize(rng.permutation(train_idx), batch_size * warm_steps)
     bare_steps(bare, bare_opt, pixels, labels, warm, batch_size, False, device, dtype)
     bare_steps(bare_cl, bare_cl_opt, pixels, labels, warm, batch_size, True, device, dtype)
-    train_epoch(tct, tct_opt, sched, pixels, labels, warm, batch_size, AUG, gen, device, dtype, weight)
+    trial_epoch(tct, pixels, labels, warm, batch_size, gen, device)
 
     speed = {"bare": [], "bare_cl": [], "tune_ct": []}
     util = {"bare": [], "tune_ct": []}
@@ -194,8 +217,7 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
         with GpuUtil(device) as gpu:
             sync(device)
             t = time.perf_counter()
-            _, seen, timing = train_epoch(tct, tct_opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
-                                          dtype, weight)
+            _, seen, timing = trial_epoch(tct, pixels, labels, order, batch_size, gen, device)
             sync(device)
             speed["tune_ct"].append(seen / (time.perf_counter() - t))
         util["tune_ct"].append(gpu.value)
@@ -215,29 +237,25 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
     return Row(name, size, batch_size, threads, round(med["bare"], 1), round(med["bare_cl"], 1),
                round(med["tune_ct"], 1), round(ratio, 3), round(ratio_cl, 3), round(statistics.median(data_share), 3),
                round(flops / 1e9, 4), round(gflop_s, 1), round(ceiling, 1), round(gflop_s / ceiling, 3),
-               str(dtype).replace("torch.", "") if dtype else "float32", device.type, mean_util(util["bare"]),
+               str(tct.dtype).replace("torch.", "") if tct.dtype else "float32", device.type, mean_util(util["bare"]),
                mean_util(util["tune_ct"]), round(FULL_TRAIN_IMAGES / med["tune_ct"], 2))
 
 
 def bf16_vs_fp32(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int,
-                 rounds: int, device: torch.device) -> dict:
-    """The trial step with autocast bf16 vs fp32, interleaved: justifies `precision: auto` on this device."""
+                 rounds: int, device: torch.device, run: RunSettings) -> dict:
+    """The trial step with autocast bf16 vs fp32 (`precision: bf16` / `fp32`), interleaved: justifies
+    `precision: auto` on this device."""
     out = {"bf16": [], "fp32": []}
-    models = {}
-    for key in out:
-        torch.manual_seed(0)
-        model = build_model(name, size).to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        models[key] = (model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0))
-    dtypes = {"bf16": torch.bfloat16, "fp32": None}
+    trainings = {key: trial_training(run, name, size, batch_size, (rounds + 1) * steps, len(train_idx), device,
+                                     precision=key)
+                 for key in out}
     gen, rng = torch.Generator(device=device).manual_seed(0), np.random.default_rng(1)
     for r in range(rounds + 1):  # round 0 is warm-up
         order = np.resize(rng.permutation(train_idx), steps * batch_size)
-        for key, (model, opt, sched) in models.items():
+        for key, training in trainings.items():
             sync(device)
             t = time.perf_counter()
-            _, seen, _ = train_epoch(model, opt, sched, pixels, labels, order, batch_size, AUG, gen, device,
-                                     dtypes[key])
+            _, seen, _ = trial_epoch(training, pixels, labels, order, batch_size, gen, device)
             sync(device)
             if r:
                 out[key].append(seen / (time.perf_counter() - t))
@@ -268,23 +286,27 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.set_num_threads(args.threads)
-    prep = prepare(args.data, args.workdir.resolve(), limit_per_class=args.limit_per_class, log=lambda *a: None)
+    workdir = args.workdir.resolve()
+    prep = prepare(DataSettings(data=args.data, workdir=workdir, limit_per_class=args.limit_per_class))
+    # What every trial of a search shares; the tune_ct variant's set-up reads its caches from here.
+    run = RunSettings(subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"),
+                      storage_path=str(workdir), experiment="bench-throughput", cpus_per_worker=args.threads)
     rows, caches = [], {}
     for size in args.sizes:
-        caches[size] = open_or_build(prep.trainval_path, size, args.workdir.resolve() / "cache")
+        caches[size] = open_or_build(prep.trainval_path, size, workdir / "cache")
     for size in args.sizes:
         data = caches[size]
         labels, train_idx = torch.from_numpy(data.labels), data.indices("train")
         for name in args.models:
             rows.append(measure(name, size, data.pixels, labels, train_idx, args.batch_size, args.steps,
-                                args.rounds, args.threads, device))
+                                args.rounds, args.threads, device, run))
             print(json.dumps(asdict(rows[-1])), flush=True)
     bf16 = None
     if args.bf16_check:
         name, size = args.bf16_check.split(":")
-        data = caches.get(int(size)) or open_or_build(prep.trainval_path, int(size), args.workdir.resolve() / "cache")
+        data = caches.get(int(size)) or open_or_build(prep.trainval_path, int(size), workdir / "cache")
         bf16 = bf16_vs_fp32(name, int(size), data.pixels, torch.from_numpy(data.labels), data.indices("train"),
-                            args.batch_size, max(2, args.steps // 2), args.rounds, device)
+                            args.batch_size, max(2, args.steps // 2), args.rounds, device, run)
         print(json.dumps(bf16), flush=True)
     machine = platform.processor() or platform.machine()
     if device.type == "cuda":

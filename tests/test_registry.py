@@ -32,7 +32,9 @@ def store(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("registry")
     dataset = make_small_dataset(data_dir, root / "COVID-19_Radiography_Dataset", per_class=12)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    # Both URIs given: MlflowClient(uri) alone takes mlflow's process-wide registry URI, which an earlier test's
+    # tune_ct.track.uri.connect() may have pointed at another store.
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     exp = ensure_experiment(client, "registry-test", root / "artifacts")
     example = resize(decode_file(next((dataset / "COVID" / "images").iterdir()))[0], SIZE)[None]
     for seed in (0, 1):
@@ -89,22 +91,55 @@ def test_promotion_pass_moves_champion_and_keeps_previous(store, tmp_path):
     tags = client.get_model_version(NAME, "1").tags
     assert tags["tune_ct.promotion.previous_champion"] == "none" and json.loads(tags["tune_ct.promotion.gates"])
 
-    # A candidate that loses more than the allowed per-class margin to the champion stays out.
+    # A candidate that loses more than the allowed per-class margin to the champion stays out. It is built to lose:
+    # constant logits predict the class the champion recalls least for every film, so its recall is 0 on the other
+    # three, and every other class the champion recalls at all drops by more than the limit of 0.
+    champion_recall = json.loads(tags["tune_ct.promotion.metrics"])["recall"]
+    assert max(champion_recall.values()) > 0, f"champion v1 recalls no class at all: {champion_recall}"
+    weakest = min(CLASSES, key=lambda c: champion_recall[c])
+    worse = register_constant_model(store, CLASSES.index(weakest))
+    before = {"aliases": aliases(client), "v1": client.get_model_version(NAME, "1").tags,
+              "worse": client.get_model_version(NAME, worse).tags}
     strict = {"min_macro_f1": 0.0, "min_covid_recall": 0.0, "max_class_drop": 0.0}
     out = tmp_path / "decision.json"
-    rc = run_promote(store, tmp_path, "2", strict, "--json", str(out))
+    assert run_promote(store, tmp_path, worse, strict, "--json", str(out)) == 1
     decision = json.loads(out.read_text())
+    assert decision["decision"] == "fail" and str(decision["candidate_version"]) == worse
     assert str(decision["previous_champion"]) == "1" and decision["split"] == "test"
-    drops = [r for r in decision["results"] if r["gate"].startswith("max_class_drop[")]
-    assert len(drops) == 4 and rc == (0 if all(r["value"] <= 0 for r in drops) else 1)
-    if rc == 1:
-        assert aliases(client) == {"champion": "1"}
+    assert decision["metrics"]["candidate"]["recall"] == {c: float(c == weakest) for c in CLASSES}
+    drops = {r["gate"]: r for r in decision["results"] if r["gate"].startswith("max_class_drop[")}
+    assert len(drops) == 4
+    failed = {r["gate"] for r in decision["results"] if not r["passed"]}
+    assert failed == {f"max_class_drop[{c}]" for c in CLASSES if c != weakest and champion_recall[c] > 0}
+    assert failed  # the refusal comes from the class-drop gate, the one that needs a champion
+    # Refused: aliases and tags exactly as before, on the champion and on the candidate.
+    assert aliases(client) == before["aliases"] == {"champion": "1"}
+    assert client.get_model_version(NAME, "1").tags == before["v1"]
+    assert client.get_model_version(NAME, worse).tags == before["worse"]
+    assert not any(k.startswith("tune_ct.promotion") for k in before["worse"])
 
     assert run_promote(store, tmp_path, "2", open_gates) == 0
     assert aliases(client) == {"champion": "2", "previous": "1"}
     tags = client.get_model_version(NAME, "2").tags
     assert tags["tune_ct.promotion.previous_champion"] == "1"
     assert set(json.loads(tags["tune_ct.promotion.metrics"])["recall"]) == set(CLASSES)
+
+
+def register_constant_model(store, class_index: int) -> str:
+    """Register a baseline CNN whose logits ignore the film (zero last-layer weights): it predicts
+    CLASSES[class_index] for every image. Returns its version."""
+    client, data = store["client"], store["data"]
+    model = build_model("baseline_cnn", SIZE)
+    with torch.no_grad():
+        model.head[1].weight.zero_()
+        model.head[1].bias.copy_(torch.tensor([5.0 if k == class_index else 0.0 for k in range(len(CLASSES))]))
+    example = resize(decode_file(next((data / "COVID" / "images").iterdir()))[0], SIZE)[None]
+    saved = {"model": None, "backbone": "baseline_cnn", "image_size": SIZE, "classes": list(CLASSES), "hp": {},
+             "epoch": 0}
+    run = client.create_run(client.get_experiment_by_name("registry-test").experiment_id)
+    _, version = log_and_register(store["uri"], run.info.run_id, model, saved, example, NAME, {"data": str(data)},
+                                  {"tune_ct.data": str(data)})
+    return str(version)
 
 
 def write_dicom(path, pixels: np.ndarray) -> None:

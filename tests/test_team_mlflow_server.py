@@ -15,6 +15,9 @@ import pytest
 from conftest import free_port, stop_process
 from mlflow.tracking import MlflowClient
 
+# System tests: each starts a real MLflow server (and one a PostgreSQL cluster).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SERVE = REPO / "mlflow_server/serve.py"
 PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/15/bin"),

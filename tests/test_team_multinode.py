@@ -17,6 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from ray_cluster import start_local_cluster
 
+# System tests: each starts a real multi-node Ray cluster.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -24,6 +24,9 @@ import yaml
 from conftest import stop_process
 from mlflow.tracking import MlflowClient
 
+# System test: a throw-away sshd, `ray up` and a search on the cluster it starts.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SSHD = Path("/usr/sbin/sshd")
 PORTS = {22: "sshd", 6379: "Ray GCS", 5000: "MLflow", 8265: "Ray dashboard"}  # the ports the shipped file uses

@@ -39,6 +39,7 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # starts a basic-auth MLflow server (serve.py)
 @pytest.mark.timeout(300)
 def test_search_refuses_unusable_tracking_server_before_any_compute(tmp_path, data_dir):
     port = free_port()  # nothing listens there

@@ -18,6 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from ray_cluster import start_local_cluster
 
+# System test: a basic-auth MLflow server, a local Ray cluster and a search.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SERVE = REPO / "mlflow_server/serve.py"
 

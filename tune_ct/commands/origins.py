@@ -67,13 +67,14 @@ def check_holdout(options: OriginsOptions) -> Prepared:
     return prep
 
 
-def train(options: OriginsOptions, subset: Path, name: str) -> Path:
+def train(options: OriginsOptions, subset: Path, name: str, segmenter: Path | None) -> Path:
     """One Ray Train run (no Tune: nothing is searched here); returns its last checkpoint folder."""
     from tune_ct.train.settings import RunSettings
     from tune_ct.train.trial import build_trainer
 
     run = RunSettings(subset_path=str(subset), cache_root=str(options.data.workdir / "cache"),
-                      storage_path=options.storage, experiment=name, seed=options.data.seed)
+                      storage_path=options.storage, experiment=name, seed=options.data.seed,
+                      segmenter_path=str(segmenter) if segmenter else None)
     return Path(build_trainer(options.hp, run, name, options.storage).fit().checkpoint.path)
 
 
@@ -82,6 +83,8 @@ def run_check(options: OriginsOptions) -> dict:
 
     from tune_ct.evaluate.evaluation import evaluate_model, write_test_subset
     from tune_ct.model.checkpoint import load_checkpoint_model
+    from tune_ct.model.preprocess import Preprocessing
+    from tune_ct.train.segmenter import ensure_segmenter
 
     prep, data, holdout = check_holdout(options), options.data, options.holdout
     subsets, counts = {}, {}
@@ -91,13 +94,15 @@ def run_check(options: OriginsOptions) -> dict:
         counts[name] = [e for e in entries if e.split == "train"]
     missing = [c for c in CLASSES if not any(e.label == c for e in counts[f"without_{holdout}"])]
     test_subset = write_test_subset(prep.manifest, prep.root, data.workdir, data.limit_per_class, data.seed)
+    segmenter = ensure_segmenter(prep, data.workdir, data.seed)[0] if options.hp.get("lung_crop") else None
     ray.init(address=options.address or "local")
     try:
         evaluations = {}
         for name, subset in subsets.items():
-            model, meta = load_checkpoint_model(train(options, subset, f"origins-{holdout}-{name}"))
+            model, meta = load_checkpoint_model(train(options, subset, f"origins-{holdout}-{name}", segmenter))
             evaluations[name] = evaluate_model(model, int(meta["image_size"]), test_subset, data.workdir / "cache",
-                                               origins=origin_map(prep.manifest))
+                                               origins=origin_map(prep.manifest),
+                                               preprocessing=Preprocessing.from_saved(meta))
     finally:
         ray.shutdown()
     result = {"holdout": holdout, "split": "test", "config": options.hp, "classes_without_training_images": missing,

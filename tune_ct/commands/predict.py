@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tune_ct.commands.common import add_tracking_arg, exit_on
 from tune_ct.data.files import CLASSES
+from tune_ct.model.preprocess import preprocessing_of
 from tune_ct.registry.models import ModelLoadError, load_model
 from tune_ct.registry.predict import Prediction, predict_files
 from tune_ct.track.uri import resolve_tracking_uri
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         model, meta = load_model(args.model, tracking_uri)
-        preds = predict_files(model, int(meta["image_size"]), args.files, args.gradcam)
+        preds = predict_files(model, int(meta["image_size"]), args.files, args.gradcam,
+                              preprocessing=preprocessing_of(meta))
         print_predictions(args.model, preds, args.json)
         return 1 if any(pr.error for pr in preds) else 0
 

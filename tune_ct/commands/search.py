@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tpe: Optuna TPE (default); random: Tune's random sampling, the baseline for benchmarks")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
                    help="asha: stop weak trials early (default); none: every trial runs all its epochs")
+    p.add_argument("--select-on", type=Path, metavar="DIR",
+                   help="labelled films from other sources (class folders, or any folder with --select-on-labels): "
+                   "cached like the val split, never trained on, scored every epoch as ext_val_*; set the space's "
+                   "metric to ext_val_macro_f1 or blend_macro_f1 to select on them")
+    p.add_argument("--select-on-labels", type=Path, metavar="CSV", help="file,label[,origin] CSV for --select-on")
     p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
                    help="local pretrained weights for a backbone (repeatable); without it, train from scratch")
     args = p.parse_args(argv)
@@ -79,7 +84,7 @@ def options_from(args: argparse.Namespace) -> SearchOptions:
         storage=resolve_storage(args.storage), experiment=args.experiment, name=args.name, resume=args.resume,
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, searcher=args.searcher,
         scheduler=args.scheduler, weights=parse_weights(args.weights), register_name=args.register_name,
-        address=args.address, summary=args.summary,
+        address=args.address, summary=args.summary, select_on=args.select_on, select_on_labels=args.select_on_labels,
     )
 
 

@@ -6,6 +6,7 @@ The test split is touched once, at the end, by the best checkpoint alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -19,7 +20,7 @@ from tune_ct.registry.models import DEFAULT_REGISTER_NAME
 from tune_ct.track.server import check_tracking_uri
 from tune_ct.track.uri import is_remote
 from tune_ct.train.resume import EXPERIMENT_TAG, ResumeError, SearchRecord, find_parent_run, latest_search, read_record, write_record
-from tune_ct.train.space import Space, load_space
+from tune_ct.train.space import EXTERNAL_METRICS, Space, SpaceError, load_space
 from tune_ct.train.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class SearchOptions:
     register_name: str = DEFAULT_REGISTER_NAME
     address: str | None = None
     summary: Path | None = None
+    select_on: Path | None = None  # labelled films from other sources: scored every epoch, never trained on
+    select_on_labels: Path | None = None
 
 
 @dataclass
@@ -61,6 +64,10 @@ class SearchRun:
     max_concurrent: int = 1
     gpus_per_worker: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    select_on: object | None = None  # the ExternalSet of --select-on
+    select_on_subset: Path | None = None
+    segmenter: Path | None = None  # the lung segmenter, when the space can choose lung_crop: true
+    segmenter_report: dict | None = None
 
     @property
     def cache_root(self) -> Path:
@@ -70,9 +77,12 @@ class SearchRun:
 def run_search(options: SearchOptions) -> dict:
     started = time.monotonic()
     space = load_space(options.space)  # every space mistake fails here, before any compute
+    check_selection_metric(space, options)
     check_tracking(options.tracking_uri)  # a dead or credential-rejecting server fails here, before any compute
     prep = prepare_data(options.data)
     run = plan_run(options, space, prep, started)
+    prepare_selection(run)
+    prepare_segmenter(run)
     import ray
 
     # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
@@ -113,6 +123,39 @@ def check_tracking(uri: str) -> None:
         # Fail a log call within ~15 s instead of MLflow's minutes of backoff: TrialTracker queues and retries it.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def check_selection_metric(space: Space, options: SearchOptions) -> None:
+    if space.metric in EXTERNAL_METRICS and not options.select_on:
+        raise SpaceError(f"{space.path}: search.metric {space.metric} scores films from other sources: pass "
+                         "--select-on DIR (a labelled folder, as for evaluate --external), or use val_macro_f1")
+
+
+def prepare_selection(run: SearchRun) -> None:
+    """--select-on: read and hash the films once, and write their file list; every trial caches and scores it."""
+    if not run.options.select_on:
+        return
+    from tune_ct.data.external import load_external
+    from tune_ct.data.subsets import write_subset
+
+    ext = load_external(run.options.select_on, run.options.select_on_labels)
+    if ext.unreadable:
+        log.warning(f"--select-on {ext.root}: {len(ext.unreadable)} unreadable file(s) left out, e.g. "
+                    + ", ".join(f"{u.file} ({u.reason})" for u in ext.unreadable[:5]))
+    run.select_on = ext
+    run.select_on_subset = run.options.data.workdir / "subsets" / f"select-on-{ext.content_hash}.json"
+    write_subset(run.select_on_subset, ext.root, ext.entries, ext.content_hash)
+    print(f"selecting on {ext.name} ({ext.root}): {len(ext.entries)} films, classes "
+          f"{', '.join(ext.classes_present)}, content hash {ext.content_hash}; metric {run.space.metric}", flush=True)
+
+
+def prepare_segmenter(run: SearchRun) -> None:
+    """The dataset's lung segmenter, trained once from its masks (cached), when the space can crop to the lungs."""
+    if True not in run.space.finite_values("lung_crop"):
+        return
+    from tune_ct.train.segmenter import ensure_segmenter
+
+    run.segmenter, run.segmenter_report = ensure_segmenter(run.prep, run.options.data.workdir, run.options.data.seed)
 
 
 def prepare_data(settings: DataSettings) -> Prepared:
@@ -199,15 +242,43 @@ def start_parent_run(run: SearchRun) -> str:
         "pretrained": ",".join(options.weights) or "none (from scratch)",
     }.items()])
     run.client.log_artifact(parent_id, str(space.path))
+    log_selection_and_segmenter(run, parent_id)
     return parent_id
 
 
-def build_caches(run: SearchRun) -> None:
-    """Every image-size cache once, here, so concurrent trials do not wait on each other's build."""
-    from tune_ct.data.cache import open_or_build
+def log_selection_and_segmenter(run: SearchRun, parent_id: str) -> None:
+    """The films selected on (so evaluate --external can refuse them for the final figure) and the segmenter."""
+    from tune_ct.track.runs import log_json
 
-    for size in run.space.finite_values("image_size"):
-        open_or_build(run.prep.trainval_path, int(size), run.cache_root)
+    ext = run.select_on
+    if ext is not None:
+        for key, value in {"dir": str(ext.root), "name": ext.name, "hash": ext.content_hash, "n": len(ext.entries),
+                           "classes": ",".join(ext.classes_present), "unreadable": len(ext.unreadable),
+                           "labels_csv": str(run.options.select_on_labels or "")}.items():
+            run.client.set_tag(parent_id, f"tune_ct.select_on.{key}", str(value))
+    if run.segmenter_report is not None:
+        run.client.log_metric(parent_id, "lung_segmenter_dice_heldout", float(run.segmenter_report["dice_heldout"]))
+        log_json(run.client, parent_id, {**run.segmenter_report, "file": str(run.segmenter)}, "lung_segmenter.json")
+
+
+def build_caches(run: SearchRun) -> None:
+    """Every cache a trial can ask for (image size x preprocessing, train/val and --select-on films) once, here,
+    so concurrent trials do not wait on each other's build."""
+    from itertools import product
+
+    from tune_ct.data.cache import open_or_build
+    from tune_ct.model.preprocess import Preprocessing, per_film
+
+    space = run.space
+    for size, equalize, crop in product(space.finite_values("image_size"), space.finite_values("equalize"),
+                                        space.finite_values("lung_crop")):
+        films = per_film(Preprocessing.from_hp({"equalize": equalize, "lung_crop": crop}, run.segmenter))
+        for subset in filter(None, (run.prep.trainval_path, run.select_on_subset)):
+            cache = open_or_build(subset, int(size), run.cache_root, per_film=films)
+            stats = json.loads((cache.path / "index.json").read_text()).get("per_film") or {}
+            if stats.get("lung_crop_fallbacks"):
+                log.warning(f"lung crop: no lungs found in {stats['lung_crop_fallbacks']} of {stats['films']} "
+                            f"film(s) of {subset.name}; those films are used whole")
 
 
 def run_settings(run: SearchRun) -> RunSettings:
@@ -217,6 +288,8 @@ def run_settings(run: SearchRun) -> RunSettings:
         experiment=run.run_name, seed=run.options.data.seed, workers_per_trial=search.workers_per_trial,
         cpus_per_worker=float(search.cpus_per_worker), gpus_per_worker=float(run.gpus_per_worker),
         metric=run.space.metric, mode=run.space.mode, weights=run.options.weights,
+        ext_subset_path=str(run.select_on_subset) if run.select_on_subset else None,
+        segmenter_path=str(run.segmenter) if run.segmenter else None,
     )
 
 
@@ -265,6 +338,7 @@ def publish(run: SearchRun, tracker, best, results) -> dict:
     """Evaluate the best checkpoint once on the locked test split; log, register and print everything."""
     from tune_ct.evaluate.evaluation import evaluate_model, write_test_subset
     from tune_ct.model.checkpoint import load_checkpoint_model
+    from tune_ct.model.preprocess import Preprocessing
     from tune_ct.registry.publish import BestModel, publish_best
     from tune_ct.track.runs import log_json
     from tune_ct.train.storage import fetch_checkpoint, storage_filesystem
@@ -273,7 +347,8 @@ def publish(run: SearchRun, tracker, best, results) -> dict:
     folder = fetch_checkpoint(storage_filesystem(run.options.storage), best.checkpoint_path, data.workdir)
     model, saved = load_checkpoint_model(folder)
     test_subset = write_test_subset(run.prep.manifest, run.prep.root, data.workdir, data.limit_per_class, data.seed)
-    evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, run.cache_root)
+    evaluation = evaluate_model(model, int(saved["image_size"]), test_subset, run.cache_root,
+                                preprocessing=Preprocessing.from_saved(saved))
     published = publish_best(run.client, run.parent_id, BestModel(model, saved, evaluation, test_subset,
                                                                   run.cache_root), run.prep,
                              run.options.register_name, seed=data.seed)

@@ -1,8 +1,8 @@
-"""Decoded images cached as one uint8 memory-mapped array per (subset, image size).
+"""Decoded images cached as one uint8 memory-mapped array per (subset, image size, per-film preprocessing).
 
 Trials never decode PNGs: they memory-map ``images.u8`` (N x S x S) and read ``index.json``. A cache is keyed
-by the exact list of files, their pixel hashes, labels and splits, and the image size, so any change to the
-data gives a new key. It is built in a temporary folder and renamed into place, under a file lock, so a crash
+by the exact list of files, their pixel hashes, labels and splits, the image size and the preprocessing applied
+to each film before resizing (equalisation, the crop to the lungs), so any change to either gives a new key. It is built in a temporary folder and renamed into place, under a file lock, so a crash
 never leaves half a cache and several trials asking at once end with one good cache.
 """
 
@@ -16,7 +16,8 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,20 @@ class CachedImages:
         return np.array([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
 
 
-def cache_key(files: list[list[str]], size: int) -> str:
+@dataclass(frozen=True)
+class PerFilm:
+    """Preprocessing applied to every decoded film before it is resized; `key` names it in the cache key.
+    `stats()` (optional) is written to the cache index, e.g. how often a crop fell back to the whole film."""
+
+    key: str
+    apply: Callable[[np.ndarray], np.ndarray]
+    stats: Callable[[], dict] = field(default=lambda: {})
+
+
+def cache_key(files: list[list[str]], size: int, per_film_key: str = "") -> str:
     digest = hashlib.sha256(f"size={size}\n".encode())
+    if per_film_key:  # absent for plain resizing, so existing caches keep their keys
+        digest.update(f"per_film={per_film_key}\n".encode())
     for file, label, split, sha in files:
         digest.update(f"{file}\0{label}\0{split}\0{sha}\n".encode())
     return digest.hexdigest()[:20]
@@ -57,7 +70,8 @@ def _open(folder: Path) -> CachedImages:
     return CachedImages(folder, pixels, index["files"], labels, index["splits"])
 
 
-def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, workers: int) -> None:
+def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, workers: int,
+           per_film: PerFilm | None) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".building-"))
     try:
         out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(len(files), size, size))
@@ -72,7 +86,7 @@ def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, wor
             if pixel_sha(image) != sha:
                 raise DataError(f"{data_root / file} changed since the manifest was built; re-run "
                                 "`python -m tune_ct.data` to update it (a changed test image is reported there)")
-            out[i] = resize(image, size)
+            out[i] = resize(per_film.apply(image) if per_film else image, size)
 
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -86,6 +100,7 @@ def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, wor
             "splits": [f[2] for f in files],
             "build_seconds": round(time.monotonic() - started, 3),
             "built_by_pid": os.getpid(),
+            "per_film": {"key": per_film.key, **per_film.stats()} if per_film else None,
         }
         (tmp / "index.json").write_text(json.dumps(index))
         if folder.exists():  # a folder without index.json: not ours to trust (renamed in by hand?); replace it
@@ -95,17 +110,18 @@ def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, wor
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def open_or_build(subset_path: Path, size: int, cache_root: Path, workers: int | None = None) -> CachedImages:
-    """Open the cache for this subset and size, building it first if no process has yet."""
+def open_or_build(subset_path: Path, size: int, cache_root: Path, workers: int | None = None,
+                  per_film: PerFilm | None = None) -> CachedImages:
+    """Open the cache for this subset, size and preprocessing, building it first if no process has yet."""
     subset = read_subset(subset_path)
     files = subset["files"]
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
-    folder = cache_root / f"{cache_key(files, size)}-{size}px"
+    folder = cache_root / f"{cache_key(files, size, per_film.key if per_film else '')}-{size}px"
     if (folder / "index.json").exists():
         return _open(folder)
     with open(cache_root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the second builder waits here, then finds the cache ready
         if not (folder / "index.json").exists():
-            _build(folder, Path(subset["data_root"]), files, size, workers or os.cpu_count() or 1)
+            _build(folder, Path(subset["data_root"]), files, size, workers or os.cpu_count() or 1, per_film)
     return _open(folder)

@@ -20,6 +20,7 @@ from tune_ct.data.prepare import DataSettings, prepare
 from tune_ct.data.subsets import write_split_subset
 from tune_ct.evaluate.metrics import classification_metrics, majority_baseline_macro_f1, per_class_recall
 from tune_ct.model.inference import autocast_dtype, predict
+from tune_ct.model.preprocess import Preprocessing, per_film, preprocessing_of
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,10 @@ def write_test_subset(manifest: Manifest, root: Path, workdir: Path, limit: int 
 
 def evaluate_model(model: torch.nn.Module, image_size: int, subset_path: Path, cache_root: Path,
                    split: str = "test", batch_size: int = 64, device: str | None = None,
-                   origins: dict[str, str] | None = None) -> Evaluation:
+                   origins: dict[str, str] | None = None, preprocessing: Preprocessing | None = None) -> Evaluation:
+    """`preprocessing`: what the model was trained with (equalisation, lung crop), applied to every film."""
     device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = open_or_build(subset_path, image_size, cache_root)
+    data = open_or_build(subset_path, image_size, cache_root, per_film=per_film(preprocessing))
     idx = data.indices(split)
     if len(idx) == 0:
         raise ValueError(f"subset {subset_path} has no {split} images")
@@ -95,4 +97,5 @@ def locked_test_set(settings: DataSettings) -> TestSet:
 
 
 def evaluate_on(model, meta: dict, test: TestSet) -> Evaluation:
-    return evaluate_model(model, int(meta["image_size"]), test.subset, test.cache_root, origins=test.origins)
+    return evaluate_model(model, int(meta["image_size"]), test.subset, test.cache_root, origins=test.origins,
+                          preprocessing=preprocessing_of(meta))

@@ -9,32 +9,39 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 from tune_ct.data.files import CLASSES
 from tune_ct.evaluate.evaluation import Evaluation
 from tune_ct.evaluate.metrics import majority_baseline_macro_f1, metric_key
-from tune_ct.evaluate.statistics import bootstrap_ci, by_origin, calibration, per_class_figures
+from tune_ct.evaluate.statistics import bootstrap_ci, by_origin, calibration, class_indices, per_class_figures
 from tune_ct.track.figures import plot_confusion_matrix, pyplot, save_figure
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
-def full_report(ev: Evaluation, n_boot: int = 1000, seed: int = 0, ece_bins: int = 10) -> dict:
-    """Everything an evaluation reports, as one JSON-ready dict (the split is named in it)."""
+def full_report(ev: Evaluation, n_boot: int = 1000, seed: int = 0, ece_bins: int = 10, classes=None) -> dict:
+    """Everything an evaluation reports, as one JSON-ready dict (the split is named in it).
+
+    `classes`: the classes the figures cover, default all four; an external set passes the classes it has, so
+    macro-F1 (and its bootstrap) is not pulled down by an F1 of 0 for a class with no films. The confusion
+    matrix stays 4x4: predictions of the other classes are errors, counted and reported as shares."""
+    covered = class_indices(classes)
+    subset = None if len(covered) == len(CLASSES) else [CLASSES[k] for k in covered]
     y_pred = ev.probs.argmax(1)
     cm = np.asarray(ev.metrics[f"{ev.split}_confusion_matrix"])
     rows = cm.sum(1, keepdims=True)
-    per_class = per_class_figures(ev.y_true, y_pred, ev.probs)
+    per_class = per_class_figures(ev.y_true, y_pred, ev.probs, subset)
     aucs = [c["roc_auc_ovr"] for c in per_class.values() if c["roc_auc_ovr"] is not None]
     report = {
         "split": ev.split,
         "n": int(len(ev.y_true)),
-        "classes": list(CLASSES),
+        "classes": [CLASSES[k] for k in covered],
         **{name: ev.metrics[f"{ev.split}_{name}"] for name in HEADLINE},
         "macro_roc_auc_ovr": float(np.mean(aucs)) if aucs else None,
-        "ci95": bootstrap_ci(ev.y_true, y_pred, n_boot, seed),
+        "ci95": bootstrap_ci(ev.y_true, y_pred, n_boot, seed, classes=subset),
         "bootstrap_samples": n_boot,
-        "majority_class_macro_f1": majority_baseline_macro_f1(ev.y_true),
+        "majority_class_macro_f1": majority_baseline_macro_f1(ev.y_true, covered if subset else None),
         "per_class": per_class,
         "calibration": calibration(ev.y_true, ev.probs, ece_bins),
         "confusion_matrix": cm.tolist(),
@@ -42,7 +49,20 @@ def full_report(ev: Evaluation, n_boot: int = 1000, seed: int = 0, ece_bins: int
         "by_origin": by_origin(ev.y_true, y_pred, ev.origins) if ev.origins else None,
     }
     report["ece"] = report["calibration"]["ece"]
+    if subset:
+        report.update(_over_covered(ev.y_true, y_pred, covered))
     return report
+
+
+def _over_covered(y_true: np.ndarray, y_pred: np.ndarray, covered: list[int]) -> dict:
+    """Macro-F1 over the covered classes, and how many films were called one of the others."""
+    absent = [k for k in range(len(CLASSES)) if k not in covered]
+    return {
+        "macro_f1": float(f1_score(y_true, y_pred, labels=covered, average="macro", zero_division=0)),
+        "absent_classes": [CLASSES[k] for k in absent],
+        "predicted_as_absent": {CLASSES[k]: float((y_pred == k).mean()) for k in absent},
+        "n_predicted_as_absent": int(np.isin(y_pred, absent).sum()),
+    }
 
 
 def flat_metrics(report: dict) -> dict[str, float]:
@@ -58,6 +78,8 @@ def flat_metrics(report: dict) -> dict[str, float]:
         for name in ("precision", "recall", "specificity", "f1", "roc_auc_ovr"):
             if values[name] is not None:
                 out[f"{p}{name}_{metric_key(cls)}"] = float(values[name])
+    for cls, share in report.get("predicted_as_absent", {}).items():
+        out[f"{p}predicted_as_{metric_key(cls)}"] = share
     return {k: v for k, v in out.items() if np.isfinite(v)}
 
 
@@ -94,6 +116,12 @@ def format_report(report: dict, title: str = "") -> str:
     lines.append(f"  {s} macro ROC-AUC (OvR)  {_fmt(report['macro_roc_auc_ovr'])}")
     lines.append(f"  {s} ECE (10 bins)        {report['ece']:.3f}")
     lines.append(f"  {s} majority-class macro-F1 {report['majority_class_macro_f1']:.3f}")
+    if report.get("absent_classes"):
+        lines.append(f"  {s} macro-F1 and balanced accuracy cover the classes present: "
+                     + ", ".join(report["classes"]))
+        lines.append(f"  {s} films called a class the set does not have: {report['n_predicted_as_absent']} of "
+                     f"{report['n']} (" + ", ".join(f"{c} {v:.1%}" for c, v in report["predicted_as_absent"].items())
+                     + ")")
     lines.append(f"\n  {'class':<16} {'n':>5} {'precision':>9} {'recall':>7} {'specif.':>8} {'F1':>6} {'AUC':>6}")
     for cls, v in report["per_class"].items():
         lines.append(f"  {cls:<16} {v['support']:>5} {_fmt(v['precision']):>9} {_fmt(v['recall']):>7} "

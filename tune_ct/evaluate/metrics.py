@@ -17,18 +17,22 @@ def metric_key(label: str) -> str:
     return label.lower().replace(" ", "_")
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "") -> dict:
-    """Flat dict: accuracy, balanced_accuracy, macro_f1, recall_<class>, and confusion_matrix (rows = truth)."""
-    labels = list(range(len(CLASSES)))
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, prefix: str = "",
+                           labels: list[int] | None = None) -> dict:
+    """Flat dict: accuracy, balanced_accuracy, macro_f1, recall_<class>, and confusion_matrix (rows = truth, all
+    four classes). `labels`: the classes the figures average over (default all four; films from another source
+    may hold only some: an absent class would add an F1 of 0), recall reported for those only."""
+    every = list(range(len(CLASSES)))
+    labels = every if labels is None else list(labels)
     recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
     out = {
         f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)),
         f"{prefix}balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         f"{prefix}macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
     }
-    for label, r in zip(CLASSES, recalls):
-        out[f"{prefix}recall_{metric_key(label)}"] = float(r)
-    out[f"{prefix}confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    for k, r in zip(labels, recalls):
+        out[f"{prefix}recall_{metric_key(CLASSES[k])}"] = float(r)
+    out[f"{prefix}confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=every).tolist()
     return out
 
 
@@ -36,10 +40,11 @@ def per_class_recall(metrics: dict, prefix: str = "") -> dict[str, float]:
     return {label: metrics[f"{prefix}recall_{metric_key(label)}"] for label in CLASSES}
 
 
-def majority_baseline_macro_f1(y_true: np.ndarray) -> float:
-    """Macro-F1 of always predicting the most frequent class: the floor a real model must clear."""
+def majority_baseline_macro_f1(y_true: np.ndarray, labels: list[int] | None = None) -> float:
+    """Macro-F1 of always predicting the most frequent class: the floor a real model must clear (over `labels`,
+    class indices, default all four: the same classes as the model's macro-F1)."""
     majority = np.bincount(y_true, minlength=len(CLASSES)).argmax()
-    return float(f1_score(y_true, np.full_like(y_true, majority), labels=list(range(len(CLASSES))),
+    return float(f1_score(y_true, np.full_like(y_true, majority), labels=labels or list(range(len(CLASSES))),
                           average="macro", zero_division=0))
 
 

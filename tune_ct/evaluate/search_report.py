@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from tune_ct.data.files import CLASSES
+from tune_ct.evaluate.external import EVALUATIONS_EXPERIMENT, EXTERNAL_ROLE
 from tune_ct.track.figures import pyplot as _plt
 
 ROLE_TAG = "tune_ct.role"
@@ -166,6 +167,45 @@ def focus_section(focus: dict | None) -> list[str]:
     return lines
 
 
+def registered_of(client, run_id: str, summary: dict) -> tuple[str, str] | None:
+    """(name, version) the search registered: from its summary, else the version whose source is the run."""
+    if summary.get("registered_model") and summary.get("registered_version") is not None:
+        return summary["registered_model"], str(summary["registered_version"])
+    try:
+        versions = client.search_model_versions(f"run_id = '{run_id}'")
+    except Exception:  # noqa: BLE001 - a store without a registry
+        return None
+    return (versions[0].name, str(versions[0].version)) if versions else None
+
+
+def external_section(client, run_id: str, summary: dict) -> list[str]:
+    """The external evaluations of the search's registered version, newest first (one row per run)."""
+    registered = registered_of(client, run_id, summary)
+    if registered is None:
+        return []
+    name, version = registered
+    exp = client.get_experiment_by_name(EVALUATIONS_EXPERIMENT)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], f"tags.`{ROLE_TAG}` = '{EXTERNAL_ROLE}' and tags.`tune_ct.model_name` = '{name}' and "
+        f"tags.`tune_ct.model_version` = '{version}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"])
+    lines = [f"## External sets ({name} v{version})", ""]
+    if not runs:
+        return lines + [f"Not evaluated on an external set yet: `python -m tune_ct.evaluate --model "
+                        f"models:/{name}/{version} --external DIR --name NAME`.", ""]
+    lines += ["Films from elsewhere, never used by the search; macro-F1 is over the classes each set has.", "",
+              "| set | hash | n | classes present | accuracy | macro-F1 (95% CI) | run |",
+              "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        t, m = r.data.tags, r.data.metrics
+        ci = f"{_f(m.get('external_macro_f1_ci_low'))}-{_f(m.get('external_macro_f1_ci_high'))}"
+        lines.append(f"| {t.get('tune_ct.external.name')} | `{t.get('tune_ct.external.hash')}` | "
+                     f"{t.get('tune_ct.external.n')} | {t.get('tune_ct.external.classes', '').replace(',', ', ')} | "
+                     f"{_f(m.get('external_accuracy'))} | {_f(m.get('external_macro_f1'))} ({ci}) | "
+                     f"`{r.info.run_id}` |")
+    return lines + [""]
+
+
 def write_report(client, parent, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pid = parent.info.run_id
@@ -201,7 +241,7 @@ def write_report(client, parent, out: Path) -> Path:
     made = optuna_plots(study, out) if len(study.trials) else []
     lines += ["", "## Search history (Optuna, rebuilt from the MLflow child runs)", ""]
     lines += [f"![{n}]({n})" for n in made] + [""]
-    lines += test_section(ev) + focus_section(focus)
+    lines += test_section(ev) + focus_section(focus) + external_section(client, pid, summary)
     lines += answers(ev, focus, summary)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

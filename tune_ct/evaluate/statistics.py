@@ -9,34 +9,48 @@ from tune_ct.data.files import CLASSES
 from tune_ct.evaluate.metrics import recall_per_class_present
 
 
-def _from_confusion(cm: np.ndarray) -> dict[str, float]:
+def class_indices(classes=None) -> list[int]:
+    """Indices into CLASSES of the classes a report covers (all four by default), in CLASSES order."""
+    if classes is None:
+        return list(range(len(CLASSES)))
+    unknown = set(classes) - set(CLASSES)
+    if unknown:
+        raise ValueError(f"unknown class(es) {', '.join(sorted(unknown))}; expected some of {', '.join(CLASSES)}")
+    return [k for k, c in enumerate(CLASSES) if c in classes]
+
+
+def _from_confusion(cm: np.ndarray, classes: list[int] | None = None) -> dict[str, float]:
     """accuracy, balanced accuracy and macro-F1 from a confusion matrix, as sklearn defines them (balanced
-    accuracy over the classes present; macro-F1 over all four, zero when undefined). Used for the bootstrap,
-    where calling sklearn 1,000 times would dominate the run time."""
+    accuracy over the classes present; macro-F1 over `classes`, default all four, zero when undefined). Used for
+    the bootstrap, where calling sklearn 1,000 times would dominate the run time."""
     cm = cm.astype(np.float64)
     tp, rows, cols = np.diag(cm), cm.sum(1), cm.sum(0)
     present = rows > 0
     denom = rows + cols
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return {
+    out = {
         "accuracy": float(tp.sum() / max(cm.sum(), 1)),
         "balanced_accuracy": float((tp[present] / rows[present]).mean()) if present.any() else 0.0,
-        "macro_f1": float(f1.mean()),
-        "covid_recall": float(tp[0] / rows[0]) if rows[0] else float("nan"),
+        "macro_f1": float(f1.mean() if classes is None else f1[classes].mean()),
     }
+    if classes is None or 0 in classes:  # a set without COVID films has no COVID recall to bootstrap
+        out["covid_recall"] = float(tp[0] / rows[0]) if rows[0] else float("nan")
+    return out
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile bootstrap over images (resampled with replacement) for the headline figures."""
+                 level: float = 0.95, classes=None) -> dict[str, list[float]]:
+    """Percentile bootstrap over images (resampled with replacement) for the headline figures; macro-F1 over
+    `classes` (default all four), the classes an external set has."""
     k = len(CLASSES)
+    over = None if classes is None else class_indices(classes)
     rng = np.random.default_rng(seed)
     n = len(y_true)
     codes = y_true * k + y_pred
     samples: dict[str, list[float]] = {}
     for _ in range(n_boot):
         cm = np.bincount(codes[rng.integers(0, n, n)], minlength=k * k).reshape(k, k)
-        for name, value in _from_confusion(cm).items():
+        for name, value in _from_confusion(cm, over).items():
             samples.setdefault(name, []).append(value)
     tail = (1 - level) / 2 * 100
     return {name: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))]
@@ -62,12 +76,16 @@ def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict:
     return {"ece": float(ece), "bins": table}
 
 
-def per_class_figures(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict:
+def per_class_figures(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, classes=None) -> dict:
+    """Precision, recall, specificity, F1, one-vs-rest ROC-AUC and support of each class in `classes` (default
+    all four); precision counts every film predicted as the class, whatever its truth."""
     labels = list(range(len(CLASSES)))
+    covered = class_indices(classes)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels,
                                                                      zero_division=0)
     out = {}
-    for k, name in enumerate(CLASSES):
+    for k in covered:
+        name = CLASSES[k]
         negatives = y_true != k
         tn = int(((y_pred != k) & negatives).sum())
         positives = int((y_true == k).sum())

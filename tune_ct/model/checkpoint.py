@@ -45,11 +45,12 @@ def save_weights(path: Path, model: nn.Module, hp: dict, epoch: int, extra: dict
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, hp: dict,
-                    metrics: dict | None = None) -> None:
+                    metrics: dict | None = None, extra: dict | None = None) -> None:
+    """`extra`: more metadata for model.pt, e.g. the film preprocessing the model was trained with."""
     folder = Path(folder)
     if metrics is not None:
         (folder / METRICS_FILE).write_text(json.dumps(metrics, default=lambda o: getattr(o, "item", lambda: str(o))()))
-    save_weights(folder / CHECKPOINT_FILE, model, hp, epoch)
+    save_weights(folder / CHECKPOINT_FILE, model, hp, epoch, extra)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch},
                folder / TRAIN_STATE_FILE)
 

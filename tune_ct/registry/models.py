@@ -9,6 +9,7 @@ back to the pickle for a model logged without it. Class names and preprocessing 
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import torch
 from tune_ct.data.files import CLASSES
 from tune_ct.model.augment import MEAN, STD, to_model_input
 from tune_ct.model.checkpoint import CHECKPOINT_FILE, load_checkpoint_model, save_weights
+from tune_ct.model.preprocess import Preprocessing
 
 DEFAULT_REGISTER_NAME = "cxr-classifier"
 WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder as extra_files/model.pt
+SEGMENTER_FILE = "lungs.pt"  # a lung_crop model carries its segmenter: it must work on films without masks
 
 
 class ModelLoadError(RuntimeError):
@@ -39,16 +42,32 @@ def preprocessing(image_size: int) -> dict:
     }
 
 
-def model_metadata(saved: dict, extra: dict | None = None) -> dict:
+def model_metadata(saved: dict, extra: dict | None = None, folder: Path | None = None) -> dict:
+    """`folder`: where a logged model was downloaded (its segmenter path is relative to it)."""
     return {
         "classes": list(saved.get("classes", CLASSES)),
         "backbone": saved["backbone"],
         "image_size": int(saved["image_size"]),
         "preprocessing": preprocessing(int(saved["image_size"])),
+        "film_preprocessing": Preprocessing.from_saved(saved, folder).describe(),
         "hp": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in saved.get("hp", {}).items()},
         "epoch": int(saved.get("epoch", 0)),
         **(extra or {}),
     }
+
+
+def pip_requirements() -> list[str]:
+    """What loading the model needs, pinned to what trained it. Declared, not inferred: MLflow's inference loads
+    the model in a subprocess (~12 s per registration here) and misses timm, which rebuilds the network."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for package in ("mlflow", "torch", "timm", "numpy", "grad-cam", "opencv-python-headless", "pillow", "pydicom"):
+        try:
+            out.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:  # an install without the optional one: leave it to the serving side
+            continue
+    return out
 
 
 def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, saved: dict, example: np.ndarray,
@@ -64,18 +83,24 @@ def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, sav
     x = to_model_input(torch.from_numpy(np.array(example, dtype=np.uint8)))
     with torch.no_grad():
         logits = model(x).numpy()
-    meta = model_metadata(saved, metadata)
+    film = Preprocessing.from_saved(saved)
+    carried = {**film.describe(), "segmenter": f"extra_files/{SEGMENTER_FILE}" if film.lung_crop else None}
+    meta = model_metadata({**saved, "film_preprocessing": carried}, metadata)
     client = connect(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / WEIGHTS_FILE
-        save_weights(weights, model, {**saved.get("hp", {}), "backbone": saved["backbone"],
-                                      "image_size": saved["image_size"]}, int(saved.get("epoch", 0)))
+        files = [Path(tmp) / WEIGHTS_FILE]
+        save_weights(files[0], model, {**saved.get("hp", {}), "backbone": saved["backbone"],
+                                       "image_size": saved["image_size"]}, int(saved.get("epoch", 0)),
+                     {"film_preprocessing": carried})
+        if film.lung_crop:
+            files.append(Path(tmp) / SEGMENTER_FILE)
+            shutil.copyfile(film.segmenter, files[-1])
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
                 model, name="model", serialization_format="pickle",
                 signature=infer_signature(x.numpy(), logits), input_example=x.numpy(),
-                metadata=meta, extra_files=[str(weights)],
-                extra_pip_requirements=["timm", "grad-cam"],
+                metadata=meta, extra_files=[str(f) for f in files],
+                pip_requirements=pip_requirements(),
                 registered_model_name=register_name or None,
             )
     version = getattr(info, "registered_model_version", None)
@@ -122,7 +147,7 @@ def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
     weights = folder / "extra_files" / WEIGHTS_FILE
     if weights.is_file():
         model, saved = load_checkpoint_model(weights)  # weights-only: never runs code from the store
-        meta = {**model_metadata(saved), **meta}
+        meta = {**meta, **model_metadata(saved, folder=folder)}
     else:
         import mlflow
 

@@ -13,6 +13,7 @@ import torch
 
 from tune_ct.data.files import CLASSES, RejectedImage, decode, resize
 from tune_ct.model.augment import to_model_input
+from tune_ct.model.preprocess import Preprocessing, per_film
 
 
 @dataclass
@@ -39,11 +40,16 @@ def read_films(paths: list[Path]) -> tuple[list[Prediction], list[np.ndarray | N
 
 
 def predict_files(model: torch.nn.Module, image_size: int, paths: list[Path], gradcam_dir: Path | None = None,
-                  batch_size: int = 32) -> list[Prediction]:
+                  batch_size: int = 32, preprocessing: Preprocessing | None = None) -> list[Prediction]:
+    """`preprocessing`: what the model was trained with (equalisation, the crop to the lungs), applied to each
+    film before resizing exactly as the image cache applied it in training."""
     preds, images = read_films(paths)
     ok = [i for i, img in enumerate(images) if img is not None]
     if not ok:
         return preds
+    films = per_film(preprocessing)
+    if films is not None:  # overlays then show the film as the model saw it (cropped, equalised)
+        images = [films.apply(img) if img is not None else None for img in images]
     batch = np.stack([resize(images[i], image_size) for i in ok])
     model.eval()
     probs = np.zeros((len(ok), len(CLASSES)), dtype=np.float32)

@@ -1,4 +1,5 @@
-"""Promote a registered model to `@champion` if it passes the gates on the locked test split.
+"""Promote a registered model to `@champion` if it passes the gates on the locked test split (and, with
+`min_external_macro_f1`, on external sets it was scored on beforehand: read from its version tags).
 
 The candidate (default: the newest version) and the current champion are evaluated on the same locked test
 split. On pass, alias `champion` moves to the candidate, the old champion keeps alias `previous`, and the
@@ -46,7 +47,7 @@ def promote(options: PromoteOptions) -> int:
     data = options.data
     test = locked_test_set(dataclasses.replace(data, data=data.data or candidate.tags.get("tune_ct.data")))
     reports = evaluate_versions(options, test, {"candidate": candidate, "champion": champion})
-    results = check_gates(gates, reports["candidate"], reports.get("champion"))
+    results = check_gates(gates, reports["candidate"], reports.get("champion"), candidate.tags)
     print_gates(results, reports["candidate"]["n"], test)
     audit = audit_record(candidate, champion, test, gates, results, reports)
     if options.json:
@@ -81,8 +82,9 @@ def evaluate_versions(options: PromoteOptions, test: TestSet, versions: dict) ->
     for role, version in versions.items():
         if version is None:
             continue
-        model, meta = load_model(f"models:/{options.model}/{version.version}", options.tracking_uri)
-        reports[role] = full_report(evaluate_on(model, meta, test), seed=options.data.seed)
+        uri = f"models:/{options.model}/{version.version}"
+        model, meta = load_model(uri, options.tracking_uri)
+        reports[role] = {**full_report(evaluate_on(model, meta, test), seed=options.data.seed), "model": uri}
         print(format_report(reports[role], f"{role} {options.model} v{version.version} ({meta['backbone']}, "
                                            f"{meta['image_size']}px)") + "\n")
     return reports

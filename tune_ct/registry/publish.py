@@ -18,6 +18,7 @@ from tune_ct.data.manifest import origin_map
 from tune_ct.evaluate import gradcam
 from tune_ct.evaluate.evaluation import Evaluation
 from tune_ct.evaluate.full_report import format_report, full_report, log_report
+from tune_ct.model.preprocess import Preprocessing, per_film
 from tune_ct.registry.models import DEFAULT_REGISTER_NAME, log_and_register
 from tune_ct.track.figures import pyplot, save_figure
 from tune_ct.track.runs import log_json
@@ -50,7 +51,9 @@ def publish_best(client, parent_id: str, best: BestModel, prep, register_name: s
     report.update({"manifest_hash": prep.manifest.hash, "data": str(prep.root)})
     print("\n" + format_report(report, f"best model ({best.saved['backbone']}, {best.image_size}px)"))
     log_report(client, parent_id, report, "best model")
-    data = open_or_build(best.test_subset, best.image_size, best.cache_root)
+    # The same cache the evaluation read: the films as the model saw them (cropped, equalised).
+    data = open_or_build(best.test_subset, best.image_size, best.cache_root,
+                         per_film=per_film(Preprocessing.from_saved(best.saved)))
     pixels = np.asarray(data.pixels[np.array([data.files.index(f) for f in evaluation.files])])
     focus = log_gradcam(client, parent_id, best, prep.root, pixels, gallery_per_class, seed)
     log_data_overview(client, parent_id, prep, pixels, evaluation)

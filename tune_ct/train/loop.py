@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ class Training:
     class_weight: torch.Tensor | None
     dtype: torch.dtype | None
     cache_seconds: float
+    external: CachedImages | None = None  # --select-on films, scored every epoch, never trained on
+    preprocessing: dict | None = None  # saved with each checkpoint: evaluation and predict apply the same
 
     @property
     def epochs(self) -> int:
@@ -124,13 +127,17 @@ def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
     """Data, model, optimizer and schedule for one trial, on the context's device."""
     from tune_ct.data.cache import open_or_build
     from tune_ct.model.networks import build_model
+    from tune_ct.model.preprocess import Preprocessing, per_film
 
     torch.set_num_threads(max(1, round(run.cpus_per_worker)))
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one image size per trial: pick the fastest kernels once
     t0 = time.perf_counter()
     size = int(hp["image_size"])
-    data = open_or_build(run.subset_path, size, run.cache_root)
+    preprocessing = Preprocessing.from_hp(hp, run.segmenter_path)
+    films = per_film(preprocessing)
+    data = open_or_build(run.subset_path, size, run.cache_root, per_film=films)
+    external = open_or_build(run.ext_subset_path, size, run.cache_root, per_film=films) if run.ext_subset_path else None
     cache_seconds = time.perf_counter() - t0
     train_idx, val_idx = data.indices("train"), data.indices("val")
 
@@ -142,7 +149,8 @@ def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
     scheduler = warmup_cosine(optimizer, int(hp["epochs"]), steps_per_epoch, float(hp.get("warmup_epochs", 0.0)))
     weight = class_weights(data.labels[train_idx]).to(ctx.device) if hp.get("class_weighting", True) else None
     dtype = autocast_dtype(hp.get("precision", "auto"), ctx.device)
-    return Training(hp, data, train_idx, val_idx, model, optimizer, scheduler, weight, dtype, cache_seconds)
+    return Training(hp, data, train_idx, val_idx, model, optimizer, scheduler, weight, dtype, cache_seconds, external,
+                    preprocessing.describe())
 
 
 def resume(training: Training, state: TrainState) -> int:
@@ -153,17 +161,30 @@ def resume(training: Training, state: TrainState) -> int:
     return state.epoch
 
 
+def _scored(training: Training, ctx: LoopContext, data: CachedImages, rows: np.ndarray,
+            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probabilities) over every rank's shard of `rows`, gathered."""
+    shard = rows[ctx.rank :: ctx.world_size]
+    probs = predict(training.model, data.pixels, shard, max(batch_size, 64), ctx.device, training.dtype)
+    gathered = ctx.gather((data.labels[shard], probs))
+    return np.concatenate([g[0] for g in gathered]), np.concatenate([g[1] for g in gathered])
+
+
 def validate(training: Training, ctx: LoopContext, batch_size: int) -> dict:
-    """Val metrics over every rank's shard (gathered), with the val loss."""
+    """Val metrics with the val loss; with --select-on films, ext_val_* over the classes present there and
+    blend_macro_f1, the mean of the two macro-F1s."""
     from tune_ct.evaluate.metrics import classification_metrics  # sklearn: only where the loop runs
 
-    shard = training.val_idx[ctx.rank :: ctx.world_size]
-    probs = predict(training.model, training.data.pixels, shard, max(batch_size, 64), ctx.device, training.dtype)
-    gathered = ctx.gather((training.data.labels[shard], probs))
-    y_true = np.concatenate([g[0] for g in gathered])
-    p_all = np.concatenate([g[1] for g in gathered])
-    val_loss = float(F.nll_loss(torch.log(torch.from_numpy(p_all).clamp_min(1e-8)), torch.from_numpy(y_true)))
-    return {**classification_metrics(y_true, p_all.argmax(1), prefix="val_"), "val_loss": val_loss}
+    y_true, probs = _scored(training, ctx, training.data, training.val_idx, batch_size)
+    val_loss = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-8)), torch.from_numpy(y_true)))
+    metrics = {**classification_metrics(y_true, probs.argmax(1), prefix="val_"), "val_loss": val_loss}
+    if training.external is not None:
+        rows = np.arange(len(training.external.files))
+        y_ext, p_ext = _scored(training, ctx, training.external, rows, batch_size)
+        present = sorted(set(y_ext.tolist()))
+        metrics.update(classification_metrics(y_ext, p_ext.argmax(1), prefix="ext_val_", labels=present))
+        metrics["blend_macro_f1"] = (metrics["val_macro_f1"] + metrics["ext_val_macro_f1"]) / 2
+    return metrics
 
 
 def run_epoch(training: Training, run: RunSettings, ctx: LoopContext, epoch: int) -> dict:
@@ -194,6 +215,17 @@ def run_epoch(training: Training, run: RunSettings, ctx: LoopContext, epoch: int
         "device": ctx.device.type,
     })
     return metrics
+
+
+def save_epoch(folder: Path, training: Training, epoch: int, metrics: dict) -> float:
+    """The epoch's checkpoint (weights, optimizer and schedule, its report, the film preprocessing) in `folder`,
+    for any runner to hand on; returns the seconds it took."""
+    from tune_ct.model.checkpoint import save_checkpoint
+
+    t = time.perf_counter()
+    save_checkpoint(folder, training.model, training.optimizer, training.scheduler, epoch, training.hp, metrics,
+                    {"film_preprocessing": training.preprocessing})
+    return time.perf_counter() - t
 
 
 def fit(hp: dict, run: RunSettings, ctx: LoopContext) -> None:

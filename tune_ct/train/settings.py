@@ -22,3 +22,6 @@ class RunSettings:
     metric: str = "val_macro_f1"  # checkpoints are kept by this, so the best epoch's checkpoint is never deleted
     mode: str = "max"
     weights: dict[str, str] = field(default_factory=dict)  # backbone -> local weights file
+    # --select-on: films from other sources, scored every epoch (ext_val_*), never trained on.
+    ext_subset_path: str | None = None
+    segmenter_path: str | None = None  # the lung segmenter a `lung_crop: true` trial crops with

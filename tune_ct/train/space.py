@@ -31,7 +31,11 @@ import yaml
 
 from tune_ct.model.networks import is_known_backbone
 
-METRICS = {"val_macro_f1": "max", "val_balanced_accuracy": "max", "val_accuracy": "max", "val_loss": "min"}
+METRICS = {"val_macro_f1": "max", "val_balanced_accuracy": "max", "val_accuracy": "max", "val_loss": "min",
+           # With --select-on DIR: the same figures on films from other sources (over the classes present there),
+           # and their blend with the val split: blend_macro_f1 = (val_macro_f1 + ext_val_macro_f1) / 2.
+           "ext_val_macro_f1": "max", "ext_val_balanced_accuracy": "max", "blend_macro_f1": "max"}
+EXTERNAL_METRICS = ("ext_val_macro_f1", "ext_val_balanced_accuracy", "blend_macro_f1")
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
 # name -> (type, low, high, default). Bounds are inclusive; None means unbounded on that side.
@@ -51,8 +55,12 @@ PARAMS: dict[str, tuple[type, float | None, float | None, Any]] = {
     "aug_contrast": (float, 0.0, 0.9, 0.0),
     "aug_hflip": (bool, None, None, False),
     "precision": (str, None, None, "auto"),
+    # Preprocessing, applied per film before resizing and cached like the images (the cache key includes it).
+    "equalize": (str, None, None, "none"),
+    "lung_crop": (bool, None, None, False),
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EQUALIZE = ("none", "hist", "clahe")
 
 
 
@@ -141,6 +149,8 @@ def _check_value(where: str, name: str, value: Any) -> Any:
                              "(python -c 'import timm; print(timm.list_models())')")
         if name == "precision" and value not in PRECISIONS:
             raise SpaceError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        if name == "equalize" and value not in EQUALIZE:
+            raise SpaceError(f"{where}: equalize must be one of {', '.join(EQUALIZE)}, got {value!r}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpaceError(f"{where}: expected a number, got {value!r}")

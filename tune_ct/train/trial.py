@@ -133,14 +133,11 @@ def report_epoch(metrics: dict, rank: int, training, epoch: int) -> float:
     Returns the seconds the report itself took (logged with the next epoch)."""
     import ray.train
 
-    from tune_ct.model.checkpoint import save_checkpoint
+    from tune_ct.train.loop import save_epoch
 
     with tempfile.TemporaryDirectory() as tmp:
         if rank == 0:
-            t = time.perf_counter()
-            save_checkpoint(Path(tmp), training.model, training.optimizer, training.scheduler, epoch, training.hp,
-                            metrics)
-            metrics["time_checkpoint_s"] = time.perf_counter() - t
+            metrics["time_checkpoint_s"] = save_epoch(Path(tmp), training, epoch, metrics)
         t = time.perf_counter()
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
         return time.perf_counter() - t

@@ -24,11 +24,13 @@ class TunePlan:
     searcher: str = "tpe"  # tpe: Optuna's TPE; random: Tune's random sampling (the benchmarks' baseline)
     scheduler: str = "asha"  # asha: stop weak trials early; none: every trial runs all its epochs
     seed: int = 0
+    reuse_actors: bool = False
 
 
-def build_searcher(kind: str, seed: int, param_space: dict):
+def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0):
     """Optuna TPE (seeded), or Tune's random sampling. OptunaSearch refuses a space with nothing to sample (every
-    value fixed): such trials run as they are."""
+    value fixed): such trials run as they are. Tune applies max_concurrent_trials to a Searcher but ignores it for
+    a ready-made BasicVariantGenerator, so the random sampler gets the limit itself."""
     import optuna
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
@@ -39,7 +41,7 @@ def build_searcher(kind: str, seed: int, param_space: dict):
         return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
     if kind == "tpe":
         log.info("every parameter is fixed, so there is nothing for TPE to search; running the trials as given")
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def build_scheduler(kind: str, max_epochs: int, grace_period: int, reduction_factor: float):
@@ -70,10 +72,10 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
-            search_alg=build_searcher(plan.searcher, plan.seed, param_space),
+            search_alg=build_searcher(plan.searcher, plan.seed, param_space, plan.max_concurrent),
             scheduler=build_scheduler(plan.scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
-            reuse_actors=False,
+            reuse_actors=plan.reuse_actors,
         ),
         run_config=tune.RunConfig(name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=1)),

@@ -1,0 +1,124 @@
+"""Per-film preprocessing the search can choose: histogram equalisation and the crop to the lungs.
+
+Applied to the decoded film before resizing, identically in trials (through the image cache, whose key includes
+it), evaluation, Grad-CAM, predict and the registered model. The crop uses the dataset's own lung segmenter
+(tune_ct.model.lungs), so a film that comes without a mask is cropped the same way as one with.
+Order: crop (the segmenter was trained on raw films), then equalise (its statistics then come from the lungs).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tune_ct.data.cache import PerFilm
+
+EQUALIZE = ("none", "hist", "clahe")
+# CLAHE as usually applied to chest films: 8x8 tiles, contrast limited at 2x the mean histogram bin.
+CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    equalize: str = "none"
+    lung_crop: bool = False
+    segmenter: str | None = None  # the lung segmenter file, when lung_crop
+
+    @classmethod
+    def from_hp(cls, hp: dict, segmenter: str | None = None) -> "Preprocessing":
+        lung_crop = bool(hp.get("lung_crop", False))
+        if lung_crop and not segmenter:
+            raise ValueError("lung_crop: true needs the dataset's lung segmenter, and none was given: the search "
+                             "trains one from the masks/ folders before the first trial")
+        return cls(str(hp.get("equalize", "none")), lung_crop, str(segmenter) if lung_crop else None)
+
+    @classmethod
+    def from_saved(cls, saved: dict, folder: Path | None = None) -> "Preprocessing":
+        """The preprocessing a checkpoint or registered model was trained with; a relative segmenter path is
+        inside the model's own folder (a registered model carries its segmenter)."""
+        described = saved.get("film_preprocessing")
+        if not described:
+            return cls(str(saved.get("hp", {}).get("equalize", "none")))
+        segmenter = described.get("segmenter")
+        if segmenter and folder is not None and not Path(segmenter).is_absolute():
+            segmenter = str(Path(folder) / segmenter)
+        return cls(described.get("equalize", "none"), bool(described.get("lung_crop")), segmenter)
+
+    @property
+    def identity(self) -> bool:
+        return self.equalize == "none" and not self.lung_crop
+
+    def key(self) -> str:
+        from tune_ct.model.lungs import segmenter_id
+
+        parts = [f"equalize={self.equalize}"] if self.equalize != "none" else []
+        if self.lung_crop:
+            parts.append(f"lungs={segmenter_id(Path(self.segmenter))}")
+        return ",".join(parts)
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def equalize(pixels: np.ndarray, how: str) -> np.ndarray:
+    import cv2
+
+    if how == "hist":
+        return cv2.equalizeHist(np.ascontiguousarray(pixels))
+    if how == "clahe":
+        return cv2.createCLAHE(clipLimit=CLAHE_CLIP, tileGridSize=CLAHE_TILES).apply(np.ascontiguousarray(pixels))
+    if how != "none":
+        raise ValueError(f"equalize must be one of {', '.join(EQUALIZE)}, got {how!r}")
+    return pixels
+
+
+class FilmPreprocessor:
+    """The preprocessing as a function of one film, the segmenter loaded once; counts crops that fell back to the
+    whole film (no lungs found), so a cache or a prediction can say how often it happened."""
+
+    def __init__(self, prep: Preprocessing):
+        self.prep = prep
+        self._model = None  # loaded at the first film: an existing cache needs no segmenter
+        self._lock = threading.Lock()
+        self.films = 0
+        self.fallbacks = 0
+
+    def segmenter(self):
+        from tune_ct.model.lungs import load_segmenter
+
+        with self._lock:
+            if self._model is None:
+                self._model, _ = load_segmenter(Path(self.prep.segmenter))
+            return self._model
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        fallback = False
+        if self.prep.lung_crop:
+            from tune_ct.model.lungs import crop_to_lungs
+
+            pixels, box = crop_to_lungs(pixels, self.segmenter())
+            fallback = box.fallback
+        with self._lock:
+            self.films += 1
+            self.fallbacks += int(fallback)
+        return equalize(pixels, self.prep.equalize)
+
+    def stats(self) -> dict:
+        return {**self.prep.describe(), "films": self.films, "lung_crop_fallbacks": self.fallbacks}
+
+
+def per_film(prep: Preprocessing | None) -> PerFilm | None:
+    """What the image cache applies to each film (None: plain resizing, the caches of before)."""
+    if prep is None or prep.identity:
+        return None
+    fn = FilmPreprocessor(prep)
+    return PerFilm(key=prep.key(), apply=fn, stats=fn.stats)
+
+
+def preprocessing_of(meta: dict) -> Preprocessing:
+    """The Preprocessing of a loaded model's metadata (tune_ct.registry.models.load_model resolves its paths)."""
+    described = meta.get("film_preprocessing") or {}
+    return Preprocessing(described.get("equalize", "none"), bool(described.get("lung_crop")), described.get("segmenter"))
