@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tune_ct.data.files import CLASSES
+from tune_ct.track.uri import connect
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -86,8 +87,10 @@ def test_search_selects_on_other_sources_with_lung_crop_and_clahe(tmp_path, data
     proc = run(tmp_path, "tune_ct.predict", "--model", "models:/sel-model/1", "--json", str(film))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["predictions"][0]["predicted"] in CLASSES
-    version = client.get_model_version("sel-model", "1")
-    local = Path(client.download_artifacts(version.run_id, "model", str(tmp_path / "dl")))
+    import mlflow
+
+    connect(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/sel-model/1", dst_path=str(tmp_path / "dl")))
     assert (local / "extra_files" / "lungs.pt").is_file()
 
     # The folder it selected on cannot give the final figure; another one can.

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_small_dataset, start_mlflow_server, stop_process
 from mlflow.tracking import MlflowClient
 
@@ -21,6 +22,16 @@ from ray_cluster import start_local_cluster
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+# The Ray actor that trains, per runner: the Tune trial actor itself, or the Ray Train worker it starts.
+TRAINING_ACTOR = {"actor": "ImplicitFunc", "train": "RayTrainWorker"}
+
+
+def space_with_runner(tmp_path: Path, name: str, runner: str) -> Path:
+    space = yaml.safe_load((REPO / "tests/spaces" / name).read_text())
+    space["search"]["runner"] = runner
+    path = tmp_path / f"{runner}-{name}"
+    path.write_text(yaml.safe_dump(space))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +64,7 @@ def children(client: MlflowClient, parent_id: str):
 def search(cluster, tmp_path, data, uri, space, *extra, wait=True):
     env = {k: v for k, v in cluster.env.items() if not k.startswith("MLFLOW_TRACKING_")}
     cmd = [sys.executable, "-m", "tune_ct.search", "--address", cluster.address, "--data", str(data), "--space",
-           str(REPO / "tests/spaces" / space), "--tracking-uri", uri, "--storage", str(tmp_path / "storage"),
+           str(space if isinstance(space, Path) else REPO / "tests/spaces" / space), "--tracking-uri", uri, "--storage", str(tmp_path / "storage"),
            "--experiment", "multinode", "--summary", str(tmp_path / "summary.json"), *extra]
     log = open(tmp_path / "search.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -106,16 +117,18 @@ def test_search_on_two_node_cluster_uses_both_nodes(tmp_path, data_dir, cluster,
     runs = children(client, summary["parent_run_id"])
     assert len(runs) == 2 == len({r.data.tags["tune_ct.trial_id"] for r in runs})
     names = cluster.node_ids()
-    used = {names.get(a["node_id"], "?") for a in cluster.actors("RayTrainWorker")}
-    assert {"worker1", "worker2"} <= used, f"Train workers ran on {used}"
+    used = {names.get(a["node_id"], "?") for a in cluster.actors(TRAINING_ACTOR["actor"])}
+    assert {"worker1", "worker2"} <= used, f"trial actors ran on {used}"
     print(f"\n2 trials on {sorted(used)} in {time.monotonic() - t0:.0f}s")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, data_dir, cluster, tracking):
+@pytest.mark.parametrize("runner", ["actor", "train"])
+def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, data_dir, cluster, tracking, runner):
     data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=40)
-    proc = search(cluster, tmp_path, data, tracking, "team_long.yaml", "--limit-per-class", "40", wait=False)
+    space = space_with_runner(tmp_path, "team_long.yaml", runner)
+    proc = search(cluster, tmp_path, data, tracking, space, "--limit-per-class", "40", wait=False)
     client = MlflowClient(tracking)
     try:
         # Wait for the first epoch (a checkpoint exists), then kill the raylet of the node running the trial.
@@ -129,7 +142,7 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
             epochs = [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "val_macro_f1")]
             if not epochs:
                 continue
-            alive = [a for a in cluster.actors("RayTrainWorker") if a["state"] == "ALIVE"]
+            alive = [a for a in cluster.actors(TRAINING_ACTOR[runner]) if a["state"] == "ALIVE"]
             names = cluster.node_ids()
             if alive:
                 victim = names[alive[0]["node_id"]]
@@ -143,8 +156,13 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         raise
-    summary = finish(proc, tmp_path)
-    recovered = time.monotonic() - killed_at
+    try:
+        summary = finish(proc, tmp_path)
+        recovered = time.monotonic() - killed_at
+    finally:
+        # The next runner's test needs two worker nodes again: replace the killed one.
+        node.stop()
+        cluster.add_worker(victim, 1, {victim: 1}, timeout=240)
     runs = children(client, summary["parent_run_id"])
     assert len(runs) == 1 and summary["trials"] == 1 and summary["trials_errored"] == 0
     (run,) = runs
@@ -153,7 +171,7 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
     assert steps == list(range(1, 11)), f"each epoch once, in the one child run: {steps}"
     names = cluster.node_ids()
     survivor = {"worker1": "worker2", "worker2": "worker1"}[victim]
-    used = {names.get(a["node_id"], "?") for a in cluster.actors("RayTrainWorker")}
-    assert survivor in used, f"the trial did not move to {survivor}: workers ran on {used}"
+    used = {names.get(a["node_id"], "?") for a in cluster.actors(TRAINING_ACTOR[runner])}
+    assert survivor in used, f"the trial did not move to {survivor}: it trained on {used}"
     print(f"\nkilled {victim}'s raylet after epoch {killed_epoch}; trial finished on {survivor} "
           f"{recovered:.0f}s later; trials lost 0, child runs {len(runs)}")

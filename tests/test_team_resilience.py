@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import free_port, make_small_dataset, start_mlflow_server, stop_process
 from mlflow.tracking import MlflowClient
 
@@ -20,9 +22,16 @@ TINY = REPO / "tests/spaces/tiny.yaml"
 SERVE = REPO / "mlflow_server/serve.py"
 
 
-def search_cmd(data: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(TINY), "--limit-per-class",
+def search_cmd(data: Path, *extra: str, space: Path = TINY) -> list[str]:
+    return [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(space), "--limit-per-class",
             "16", "--experiment", "team", *extra]
+
+
+def space_with_runner(tmp_path: Path, runner: str) -> Path:
+    space = yaml.safe_load(TINY.read_text())
+    space["search"]["runner"] = runner
+    (tmp_path / f"{runner}.yaml").write_text(yaml.safe_dump(space))
+    return tmp_path / f"{runner}.yaml"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -83,16 +92,18 @@ def children_of(client: MlflowClient, parent_id: str):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_dir):
+@pytest.mark.parametrize("runner", ["actor", "train"])
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_dir, runner):
     data_dir = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
+    space = space_with_runner(tmp_path, runner)
     server, uri = start_mlflow_server(tmp_path / "mlflow")
     client = MlflowClient(uri)
     storage = tmp_path / "storage"
     args = ("--tracking-uri", uri, "--storage", str(storage), "--name", "night", "--num-samples", "2",
             "--max-concurrent", "1", "--summary", str(tmp_path / "summary.json"))
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(search_cmd(data_dir, *args), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True, env=clean_env())
+    first = subprocess.Popen(search_cmd(data_dir, *args, space=space), cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT, start_new_session=True, env=clean_env())
     try:
         record = storage / "night" / "tune_ct_search.json"
         deadline = time.monotonic() + 480
@@ -115,8 +126,8 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
         kill_group(first)  # and its local Ray with it
     try:
         t0 = time.monotonic()
-        out = subprocess.run(search_cmd(data_dir, *args, "--resume"), cwd=tmp_path, capture_output=True, text=True,
-                             timeout=600, env=clean_env())
+        out = subprocess.run(search_cmd(data_dir, *args, "--resume", space=space), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600, env=clean_env())
         resume_seconds = time.monotonic() - t0
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
         assert f"resuming {storage}/night: MLflow parent run {parent_id}" in out.stdout
@@ -213,3 +224,51 @@ def test_orphaned_child_run_is_closed_and_tagged(tmp_path):
     assert orphan.info.status == "KILLED" and "driver died" in orphan.data.tags[ORPHAN_TAG]
     assert known.info.status == "RUNNING" and ORPHAN_TAG not in known.data.tags
     assert client.get_run(runs["done"]).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ctrl_c_stops_cleanly_and_the_printed_resume_command_finishes(tmp_path, data_dir):
+    """Ctrl-C (SIGINT to the search's process group, as a terminal sends it) after the first epoch: the child runs
+    end KILLED, the parent is marked interrupted, nothing is tested or registered, and the command printed then
+    finishes the search."""
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ("--tracking-uri", db, "--storage", str(tmp_path / "storage"), "--num-samples", "2", "--max-concurrent",
+            "1", "--register-name", "ctrlc", "--summary", str(tmp_path / "summary.json"))
+    log = tmp_path / "first.log"
+    proc = subprocess.Popen(search_cmd(data, *args), cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=clean_env())
+    client = MlflowClient(db)
+    try:
+        deadline = time.monotonic() + 480
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+            exp = client.get_experiment_by_name("team") if (tmp_path / "mlflow.db").exists() else None
+            runs = client.search_runs([exp.experiment_id], "tags.`tune_ct.trial_id` != ''") if exp else []
+            if any(client.get_metric_history(r.info.run_id, "val_macro_f1") for r in runs):
+                break
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=180)
+    finally:
+        kill_group(proc)
+    out = log.read_text()
+    assert rc == 130, out[-3000:]
+    parent = client.search_runs([exp.experiment_id], "tags.`tune_ct.role` = 'search'")[0]
+    assert parent.info.status == "KILLED" and parent.data.tags.get("tune_ct.interrupted")
+    assert "test_macro_f1" not in parent.data.metrics  # the test split was not touched
+    assert not client.search_registered_models("name = 'ctrlc'")
+    children = children_of(client, parent.info.run_id)
+    assert children and not [c for c in children if c.info.status == "RUNNING"]
+    command = shlex.split(out.split("Finish it with:\n")[1].splitlines()[0])
+    assert command[:3] == ["python", "-m", "tune_ct.search"] and command[-1] == "--resume"
+
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600, env=clean_env())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["parent_run_id"] == parent.info.run_id and summary["registered_version"] is not None
+    children = children_of(client, parent.info.run_id)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"

@@ -22,7 +22,7 @@ from tune_ct.track.server import TrackingError
 from tune_ct.track.uri import resolve_tracking_uri
 from tune_ct.train.resources import ClusterError
 from tune_ct.train.resume import ResumeError
-from tune_ct.train.space import SpaceError
+from tune_ct.train.space import SpaceError, parse_duration
 from tune_ct.train.storage import resolve_storage
 from tune_ct.train.tuner import SCHEDULERS, SEARCHERS
 
@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tpe: Optuna TPE (default); random: Tune's random sampling, the baseline for benchmarks")
     p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
                    help="asha: stop weak trials early (default); none: every trial runs all its epochs")
+    p.add_argument("--time-budget", metavar="DURATION",
+                   help="e.g. 15m, 90s, 2h (default: the space's search.time_budget): no trial starts after it, "
+                   "running trials stop at their next epoch and keep their checkpoints")
     p.add_argument("--select-on", type=Path, metavar="DIR",
                    help="labelled films from other sources (class folders, or any folder with --select-on-labels): "
                    "cached like the val split, never trained on, scored every epoch as ext_val_*; set the space's "
@@ -78,23 +81,33 @@ def parse_weights(items: list[str]) -> dict[str, str]:
     return out
 
 
-def options_from(args: argparse.Namespace) -> SearchOptions:
+def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
+    if args.time_budget:
+        try:
+            parse_duration(args.time_budget)
+        except ValueError as exc:
+            raise SpaceError(f"--time-budget: {exc}") from None
     return SearchOptions(
         space=args.space, data=data_settings(args), tracking_uri=resolve_tracking_uri(args.tracking_uri),
         storage=resolve_storage(args.storage), experiment=args.experiment, name=args.name, resume=args.resume,
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, searcher=args.searcher,
         scheduler=args.scheduler, weights=parse_weights(args.weights), register_name=args.register_name,
         address=args.address, summary=args.summary, select_on=args.select_on, select_on_labels=args.select_on_labels,
+        time_budget=args.time_budget, argv=tuple(argv),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     console_logging()
     errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError)
 
     def run() -> int:
-        summary = run_search(options_from(args))
+        try:
+            summary = run_search(options_from(args, argv))
+        except KeyboardInterrupt:
+            return 130  # the resume command was printed
         if args.summary:
             write_json(args.summary, summary)
         return 0

@@ -47,6 +47,8 @@ class SearchOptions:
     summary: Path | None = None
     select_on: Path | None = None  # labelled films from other sources: scored every epoch, never trained on
     select_on_labels: Path | None = None
+    time_budget: str | None = None  # overrides the space's search.time_budget
+    argv: tuple[str, ...] = ()  # the command line, for the exact --resume command after an interruption
 
 
 @dataclass
@@ -87,6 +89,9 @@ def run_search(options: SearchOptions) -> dict:
 
     # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
     # `ray start` left running on this machine.
+    # Ctrl-C stops the search here, as a KeyboardInterrupt, instead of Tune's handler returning the trials so far
+    # as if the search had ended (which then tested and registered an epoch-1 checkpoint).
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     context = ray.init(address=options.address or "local")
     try:
         fit_to_cluster(run, context.dashboard_url, ray.cluster_resources())
@@ -112,9 +117,30 @@ def search_and_publish(run: SearchRun) -> dict:
         return summary
     except KeyboardInterrupt:
         status = "KILLED"
+        close_interrupted(run)
         raise
     finally:
         run.client.set_terminated(run.parent_id, status)
+
+
+def close_interrupted(run: SearchRun) -> None:
+    """Ctrl-C: the trials' runs are closed KILLED and the parent marked interrupted; nothing is tested or
+    registered; the exact command that finishes the search is printed."""
+    import shlex
+
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    when = time.strftime("%Y-%m-%dT%H:%M:%S")
+    children = run.client.search_runs([run.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.parent_id}'")
+    for child in (c for c in children if c.info.status == "RUNNING"):
+        run.client.set_tag(child.info.run_id, "tune_ct.interrupted", when)
+        run.client.set_terminated(child.info.run_id, "KILLED")
+    run.client.set_tag(run.parent_id, "tune_ct.interrupted", when)
+    argv = [a for a in run.options.argv if a != "--resume"]
+    if "--name" not in argv:
+        argv += ["--name", run.run_name]
+    print(f"\nsearch interrupted: nothing was tested or registered. Finish it with:\n  python -m tune_ct.search "
+          f"{shlex.join(argv)} --resume", flush=True)
 
 
 def check_tracking(uri: str) -> None:
@@ -296,14 +322,14 @@ def run_settings(run: SearchRun) -> RunSettings:
 def make_tuner(run: SearchRun):
     """The trial tracker and a new Tuner, or on --resume the restored Tuner with its own restored tracker."""
     from tune_ct.track.tracker import TrialTracker
-    from tune_ct.train.trial import TRIAL_DRIVER_CPU
     from tune_ct.train.tuner import TunePlan, new_tuner, restored_callback, restored_tuner, trainable
 
-    options = run.options
+    options, search = run.options, run.space.search
     plan = TunePlan(run.run_name, options.storage, run.num_samples, run.max_concurrent, options.searcher,
-                    options.scheduler, options.data.seed)
-    tracker = TrialTracker(options.tracking_uri, run.experiment_id, run.parent_id, run.space.max_epochs)
-    fn = trainable(run_settings(run), TRIAL_DRIVER_CPU)
+                    options.scheduler, options.data.seed, search.resolved_runner, time_budget_s(run))
+    tracker = TrialTracker(options.tracking_uri, run.experiment_id, run.parent_id, run.space.max_epochs,
+                           time_budget_s=plan.time_budget_s)
+    fn = trainable(run_settings(run), plan.runner)
     if options.resume:
         tuner = restored_tuner(fn, plan)
         return restored_callback(tuner, TrialTracker, tracker), tuner
@@ -325,13 +351,29 @@ def close_orphans(run: SearchRun, results) -> list[str]:
     return orphans
 
 
+def time_budget_s(run: SearchRun) -> float | None:
+    from tune_ct.train.space import parse_duration
+
+    return parse_duration(run.options.time_budget) if run.options.time_budget else run.space.search.time_budget_s
+
+
+def epochs_with_checkpoints(df, kept: dict[int, str]):
+    """A trial's per-epoch results with a checkpoint_path column: the train runner reports it as a metric, the
+    actor runner's checkpoints are Tune's own (`kept`: epoch -> path of those its CheckpointConfig kept)."""
+    if df is None or "checkpoint_path" in df or not kept:
+        return df
+    return df.assign(checkpoint_path=df["epoch"].map(kept))
+
+
 def pick_best(run: SearchRun, results, tracker):
     from tune_ct.train.best import best_trial
     from tune_ct.train.storage import checkpoint_exists, storage_filesystem
 
     filesystem = storage_filesystem(run.options.storage)
-    return best_trial([(r.config, r.metrics_dataframe) for r in results], run.space.metric, run.space.mode,
-                      lambda path: checkpoint_exists(filesystem, path), tracker.runs)
+    trials = [(r.config, epochs_with_checkpoints(r.metrics_dataframe, {int(m["epoch"]): c.path for c, m in
+                                                                        r.best_checkpoints or []})) for r in results]
+    return best_trial(trials, run.space.metric, run.space.mode, lambda path: checkpoint_exists(filesystem, path),
+                      tracker.runs)
 
 
 def publish(run: SearchRun, tracker, best, results) -> dict:
@@ -436,6 +478,11 @@ def print_result(best, evaluation, summary: dict) -> None:
 
 def report_tracking(summary: dict, tracker) -> None:
     """Say what reached MLflow late or never (the server dropped out during the search)."""
+    summary["time_budget_s"] = tracker.time_budget_s
+    summary["stopped_by_time_budget"] = list(tracker.stopped_by_time_budget)
+    if tracker.stopped_by_time_budget:
+        print(f"time budget of {tracker.time_budget_s:.0f}s reached: {len(tracker.stopped_by_time_budget)} running "
+              "trial(s) stopped at their last epoch (tagged stopped_early=time_budget)")
     summary["tracking_delayed_calls"] = tracker.delayed
     summary["tracking_unlogged"] = list(tracker.unlogged)
     if tracker.delayed:

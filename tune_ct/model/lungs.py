@@ -34,6 +34,7 @@ CHANNELS = (8, 16, 32, 64)  # 4 levels: ~120k parameters, fast on CPU
 MASK_THRESHOLD = 128  # Kaggle masks are 0/255 PNGs: >= 128 is lung
 SECOND_LUNG_SHARE = 0.2  # a 2nd component counts as the other lung only if >= 20% of the largest
 FORMAT = "tune_ct.lungnet/1"
+LUNG_PRIOR_LOGIT = math.log(0.25 / 0.75)
 
 
 class SegmenterError(ValueError):
@@ -55,7 +56,7 @@ class LungBox:
 
 
 def _groups(channels: int) -> int:
-    return max(1, channels // 4)
+    return channels
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -82,6 +83,9 @@ class LungNet(nn.Module):
                                 for i in levels)
         self.merge = nn.ModuleList(_block(2 * self.channels[i], self.channels[i]) for i in levels)
         self.head = nn.Conv2d(self.channels[0], 1, 1)
+        # Start at the prior (about a quarter of a film is lung), not at 50%: a short run then spends its
+        # steps on where the lungs are rather than on first learning that most pixels are not lung.
+        nn.init.constant_(self.head.bias, LUNG_PRIOR_LOGIT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -45,13 +45,16 @@ class TrialTracker(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 retry_every_s: float = 15.0, final_retries: int = 4):
+                 retry_every_s: float = 15.0, final_retries: int = 4, time_budget_s: float | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
         self.retry_every_s = retry_every_s
         self.final_retries = final_retries
+        self.time_budget_s = time_budget_s
+        self.stopped_by_time_budget: list[str] = []  # trial ids
+        self._started = time.monotonic()
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.unlogged: list[str] = []  # what could not be logged by the end
         self.delayed = 0  # log calls that failed at first and went through on a retry
@@ -176,12 +179,21 @@ class TrialTracker(Callback):
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, status)
 
+    def setup(self, **info):
+        self._started = time.monotonic()  # the search's time budget counts from here (also on --resume)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs_run = int((trial.last_result or {}).get("epoch", 0))
         stopped = epochs_run < int(trial.config.get("epochs", self.max_epochs))
+        reason = "no"
+        if stopped:
+            out_of_time = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s
+            reason = "time_budget" if out_of_time else "asha"
+        if reason == "time_budget":
+            self.stopped_by_time_budget.append(trial.trial_id)
         self._close(trial, RunStatus.to_string(RunStatus.FINISHED), {
             "epochs_run": str(epochs_run),
-            "stopped_early": "asha" if stopped else "no",
+            "stopped_early": reason,
         })
 
     def on_trial_error(self, iteration, trials, trial, **info):

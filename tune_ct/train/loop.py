@@ -59,6 +59,8 @@ class LoopContext:
     report: Callable[[dict, Training, int], float]
     restore: Callable[[], TrainState | None]
     gather: Callable[[object], list] = lambda obj: [obj]
+    # (subset file, image size, cache root, PerFilm) -> CachedImages; default: open it anew for every trial
+    open_cache: Callable[..., CachedImages] | None = None
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
@@ -136,8 +138,9 @@ def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
     size = int(hp["image_size"])
     preprocessing = Preprocessing.from_hp(hp, run.segmenter_path)
     films = per_film(preprocessing)
-    data = open_or_build(run.subset_path, size, run.cache_root, per_film=films)
-    external = open_or_build(run.ext_subset_path, size, run.cache_root, per_film=films) if run.ext_subset_path else None
+    open_cache = ctx.open_cache or (lambda subset, size, root, films: open_or_build(subset, size, root, per_film=films))
+    data = open_cache(run.subset_path, size, run.cache_root, films)
+    external = open_cache(run.ext_subset_path, size, run.cache_root, films) if run.ext_subset_path else None
     cache_seconds = time.perf_counter() - t0
     train_idx, val_idx = data.indices("train"), data.indices("val")
 

@@ -44,8 +44,6 @@ def _train_and_save(root: Path, pairs: list, path: Path, seed: int, epochs: int)
     started = time.monotonic()
     log.info("training the lung segmenter on %d masks of train/val films (%d epochs)", len(pairs), epochs)
     model, report = train_segmenter(load_pairs(root, pairs), epochs=epochs, seed=seed, threads=os.cpu_count())
-    tmp = path.with_name(path.name + ".tmp")
-    save_segmenter(tmp, model, report)
-    os.replace(tmp, path)
+    save_segmenter(path, model, report)  # written atomically
     log.info("lung segmenter: held-out Dice %.3f on %d masks, %.0fs", report["dice_heldout"], report["n_heldout"],
              time.monotonic() - started)

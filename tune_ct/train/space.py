@@ -76,6 +76,38 @@ class SearchSettings:
     workers_per_trial: int = 1  # Ray Train workers (DDP when > 1)
     cpus_per_worker: float = 1
     gpus_per_worker: float | str = "auto"  # auto: 1 per worker when the cluster has GPUs, else 0
+    # actor: the loop runs in the reused Tune trial actor (starts in ~1 s); train: a Ray Train TorchTrainer per
+    # trial (needed for DDP); auto: actor for one worker per trial, train for several.
+    runner: str = "auto"
+    time_budget: str | None = None  # "15m", "90s", "2h": no trial starts after it, running ones stop at an epoch
+
+    @property
+    def resolved_runner(self) -> str:
+        if self.runner != "auto":
+            return self.runner
+        return "actor" if self.workers_per_trial == 1 else "train"
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return parse_duration(self.time_budget) if self.time_budget else None
+
+
+RUNNERS = ("auto", "actor", "train")
+_DURATION = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'15m' -> 900.0; '90s', '2h', '1.5h', or a plain number of seconds."""
+    value = str(text).strip().lower()
+    unit = value[-1] if value and value[-1] in _DURATION else "s"
+    number = value[:-1] if value and value[-1] in _DURATION else value
+    try:
+        seconds = float(number) * _DURATION[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 15m, 90s or 2h") from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a time budget must be positive")
+    return seconds
 
 
 SEARCH_KEYS = tuple(f.name for f in fields(SearchSettings))
@@ -195,7 +227,16 @@ def _check_param(file: Path, name: str, spec: Any) -> Any:
 
 
 def _check_setting(where: str, key: str, value: Any) -> Any:
-    if key == "metric":
+    if key == "runner":
+        if value not in RUNNERS:
+            raise SpaceError(f"{where}: runner must be one of {', '.join(RUNNERS)}, got {value!r}")
+    elif key == "time_budget":
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            raise SpaceError(f"{where}: {exc}") from None
+        return str(value)
+    elif key == "metric":
         if value not in METRICS:
             raise SpaceError(f"{where}: unknown metric {value!r}; use one of {', '.join(METRICS)}")
     elif key == "reduction_factor":
@@ -225,7 +266,11 @@ def _check_search(file: Path, raw: Any) -> SearchSettings:
         if key not in SEARCH_KEYS:
             raise SpaceError(f"{where}: unknown setting; known: {', '.join(SEARCH_KEYS)}")
         values[key] = _check_setting(where, key, value)
-    return SearchSettings(**values)
+    settings = SearchSettings(**values)
+    if settings.runner == "actor" and settings.workers_per_trial > 1:
+        raise SpaceError(f"{file}: search.runner: actor runs one process per trial; workers_per_trial "
+                         f"{settings.workers_per_trial} (DDP) needs runner: train or auto")
+    return settings
 
 
 def _read_yaml(file: Path) -> dict:

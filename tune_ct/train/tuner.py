@@ -24,7 +24,8 @@ class TunePlan:
     searcher: str = "tpe"  # tpe: Optuna's TPE; random: Tune's random sampling (the benchmarks' baseline)
     scheduler: str = "asha"  # asha: stop weak trials early; none: every trial runs all its epochs
     seed: int = 0
-    reuse_actors: bool = False
+    runner: str = "train"  # actor: the loop in the reused trial actor; train: a Ray Train run per trial
+    time_budget_s: float | None = None  # no trial starts after it; running ones stop at their next report
 
 
 def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0):
@@ -54,12 +55,19 @@ def build_scheduler(kind: str, max_epochs: int, grace_period: int, reduction_fac
                          reduction_factor=reduction_factor)
 
 
-def trainable(settings: RunSettings, driver_cpu: float):
+def trainable(settings: RunSettings, runner: str):
+    """The trial function with the resources Tune reserves for it: the whole trial for `actor`; for `train` only
+    its driver, the Train workers reserving their own."""
     from ray import tune
 
-    from tune_ct.train.trial import tune_trial
+    if runner == "actor":
+        from tune_ct.train.actor import actor_trial
 
-    return tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": driver_cpu})
+        resources = {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
+        return tune.with_resources(tune.with_parameters(actor_trial, run=settings), resources)
+    from tune_ct.train.trial import TRIAL_DRIVER_CPU, tune_trial
+
+    return tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": TRIAL_DRIVER_CPU})
 
 
 def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
@@ -75,10 +83,16 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
             search_alg=build_searcher(plan.searcher, plan.seed, param_space, plan.max_concurrent),
             scheduler=build_scheduler(plan.scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
-            reuse_actors=plan.reuse_actors,
+            reuse_actors=plan.runner == "actor", time_budget_s=plan.time_budget_s,
         ),
-        run_config=tune.RunConfig(name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+        run_config=tune.RunConfig(
+            name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=1),
+            # Keep the best epoch (what the search picks) and not only the newest ones (actor runner; the train
+            # runner keeps its checkpoints in each Train run with the same rule).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
+                                                    checkpoint_score_order=space.mode),
+        ),
     )
 
 
