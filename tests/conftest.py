@@ -96,3 +96,20 @@ def mlflow_server(tmp_path_factory):
     proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
     yield uri
     stop_process(proc)
+
+
+@pytest.fixture(autouse=True)
+def mlflow_uris_restored():
+    """tune_ct.track.uri.connect points MLflow's process-wide tracking and registry URIs (and their environment
+    variables, which subprocesses inherit) at a test's store: give the next test the process as it was."""
+    import mlflow
+
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    mlflow.set_tracking_uri(saved_env["MLFLOW_TRACKING_URI"])  # None: back to MLflow's own default
+    mlflow.set_registry_uri(saved_env["MLFLOW_REGISTRY_URI"])
+    for key, value in saved_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -30,6 +30,8 @@ def search_cmd(data: Path, *extra: str, space: Path = TINY) -> list[str]:
 def space_with_runner(tmp_path: Path, runner: str) -> Path:
     space = yaml.safe_load(TINY.read_text())
     space["search"]["runner"] = runner
+    if runner == "actor":  # its trials start in about a second: longer ones leave time to kill the driver mid-search
+        space["params"].update(epochs=8, image_size=64)
     (tmp_path / f"{runner}.yaml").write_text(yaml.safe_dump(space))
     return tmp_path / f"{runner}.yaml"
 
@@ -110,7 +112,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
         finished_before: dict[str, tuple] = {}
         # Kill the driver once one trial has finished and the next one is running.
         while time.monotonic() < deadline and first.poll() is None:
-            time.sleep(2)
+            time.sleep(1)
             if not record.exists():
                 continue
             parent_id = json.loads(record.read_text())["parent_run_id"]
@@ -237,8 +239,8 @@ def test_ctrl_c_stops_cleanly_and_the_printed_resume_command_finishes(tmp_path, 
     args = ("--tracking-uri", db, "--storage", str(tmp_path / "storage"), "--num-samples", "2", "--max-concurrent",
             "1", "--register-name", "ctrlc", "--summary", str(tmp_path / "summary.json"))
     log = tmp_path / "first.log"
-    proc = subprocess.Popen(search_cmd(data, *args), cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=clean_env())
+    proc = subprocess.Popen(search_cmd(data, *args, space=space_with_runner(tmp_path, "actor")), cwd=tmp_path,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=clean_env())
     client = MlflowClient(db)
     try:
         deadline = time.monotonic() + 480

@@ -94,9 +94,6 @@ def test_from_config_reads_the_aug_keys_with_defaults():
     assert not Augment.from_config({"aug_brightness": 0.3, "aug_contrast": 0.3}).geometric
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with crop_scale_min 1.0 (no crop) the aspect-ratio draw still shrinks w "
-                   "or h (clamped to 1) and shifts the crop: hflip alone (or rotation alone) also applies a random "
-                   "anisotropic crop of up to ~13% of the area")
 def test_hflip_alone_gives_the_film_or_its_mirror():
     x = films(n=16, side=16)
     out, ref = augment(x, Augment(hflip=True), seeded(0)), to_model_input(x)

@@ -59,14 +59,10 @@ def test_an_empty_cluster_description_fits_nothing():
         check_resources(settings(), 2, {})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: concurrency uses `gpus // need_gpu + 1e-9`: the epsilon is added after "
-                   "the floor, so 1.0 // 0.1 == 9.0 and a tenth-of-a-GPU trial shape gets 9 trials on one GPU, not 10")
 def test_a_tenth_of_a_gpu_per_trial_runs_ten_trials_per_gpu():
     assert check_resources(settings(gpus_per_worker=0.1), 10, {"CPU": 16.0, "GPU": 1.0}) == (0.1, 10)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `int(cpus // need_cpu)` floors 1.0 // 0.1 to 9.0: ten 0.1-CPU trials "
-                   "fit on one CPU but only nine run")
 def test_a_tenth_of_a_cpu_per_trial_runs_ten_trials_per_cpu():
     assert check_resources(settings(cpus_per_worker=0.1), 10, {"CPU": 1.0}) == (0.0, 10)
 

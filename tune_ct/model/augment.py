@@ -57,7 +57,9 @@ def augment(batch: torch.Tensor, aug: Augment, generator: torch.Generator | None
     if aug.geometric:
         angle = uniform(-aug.rotation_deg, aug.rotation_deg) * (math.pi / 180.0)
         area = uniform(aug.crop_scale_min, 1.0)
-        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3))
+        # No crop asked for: keep the whole film (an aspect-ratio draw alone would still stretch and shift it).
+        cropping = aug.crop_scale_min < 1.0
+        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3)) if cropping else torch.zeros(n, device=device)
         # Crop width/height as fractions of the image (grid units): area = w * h, aspect = w / h.
         w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
         h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)

@@ -17,9 +17,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -56,6 +56,8 @@ class LungBox:
 
 
 def _groups(channels: int) -> int:
+    # One group per channel (instance norm): with several channels per group a channel can sit wholly below
+    # its group's mean, die after the ReLU and never recover; a dead head input left whole short runs blank.
     return channels
 
 
@@ -172,7 +174,7 @@ def split_pairs(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.
     if n < (2 if val_fraction > 0 else 1):
         raise DataError(f"{n} (film, mask) pair(s): too few to train a lung segmenter")
     perm = np.random.default_rng(seed).permutation(n)
-    n_held = 0 if val_fraction <= 0 else min(n - 1, max(1, int(round(n * val_fraction))))
+    n_held = 0 if val_fraction <= 0 else min(n - 1, max(1, round(n * val_fraction)))
     return np.sort(perm[n_held:]), np.sort(perm[:n_held])
 
 
@@ -193,8 +195,11 @@ def _heldout_report(model: LungNet, held: list[tuple[np.ndarray, np.ndarray]], m
 
 def train_segmenter(pairs: list[tuple[np.ndarray, np.ndarray]], epochs: int, seed: int, val_fraction: float = 0.15,
                     batch_size: int = 16, threads: int | None = None, size: int = SEGMENT_SIZE,
-                    lr: float = 3e-3) -> tuple[LungNet, dict]:
-    """Train a LungNet on (uint8 film, bool mask) pairs; returns (model in eval mode, report)."""
+                    lr: float = 1e-2) -> tuple[LungNet, dict]:
+    """Train a LungNet on (uint8 film, bool mask) pairs; returns (model in eval mode, report).
+
+    lr is OneCycle's peak: 1e-2 beat 3e-3 on short runs (per-channel norm keeps it stable). threads sets
+    torch's (process-wide) intra-op threads: on a small shared CPU 1 is often faster than 2."""
     if threads:
         torch.set_num_threads(int(threads))
     train_idx, held_idx = split_pairs(len(pairs), val_fraction, seed)
@@ -222,7 +227,7 @@ def train_segmenter(pairs: list[tuple[np.ndarray, np.ndarray]], epochs: int, see
     model.eval()
     mean_mask = masks.mean(dim=0)[0].numpy() >= 0.5
     report = _heldout_report(model, [pairs[i] for i in held_idx], mean_mask)
-    report.update({"n_train": int(len(train_idx)), "n_heldout": int(len(held_idx)), "epochs": int(epochs),
+    report.update({"n_train": len(train_idx), "n_heldout": len(held_idx), "epochs": int(epochs),
                    "seconds": round(seconds, 3), "size": int(size), "seed": int(seed),
                    "final_loss": float(loss.item()) if epochs > 0 else None})
     return model, report
@@ -286,8 +291,8 @@ def _square(top: int, left: int, bottom: int, right: int, height: int, width: in
     resize then keeps the lungs' aspect ratio."""
     side = max(bottom - top, right - left)
     cy, cx = (top + bottom) / 2, (left + right) / 2
-    top, bottom = max(0, int(round(cy - side / 2))), min(height, int(round(cy + side / 2)))
-    left, right = max(0, int(round(cx - side / 2))), min(width, int(round(cx + side / 2)))
+    top, bottom = max(0, round(cy - side / 2)), min(height, round(cy + side / 2))
+    left, right = max(0, round(cx - side / 2)), min(width, round(cx + side / 2))
     return top, left, bottom, right
 
 
@@ -315,7 +320,7 @@ def lung_box(mask: np.ndarray, margin: float = 0.08, min_area: float = 0.05, squ
     top, left = int(kept[:, cv2.CC_STAT_TOP].min()), int(kept[:, cv2.CC_STAT_LEFT].min())
     bottom = int((kept[:, cv2.CC_STAT_TOP] + kept[:, cv2.CC_STAT_HEIGHT]).max())
     right = int((kept[:, cv2.CC_STAT_LEFT] + kept[:, cv2.CC_STAT_WIDTH]).max())
-    grow_y, grow_x = int(round(margin * (bottom - top))), int(round(margin * (right - left)))
+    grow_y, grow_x = round(margin * (bottom - top)), round(margin * (right - left))
     top, bottom = max(0, top - grow_y), min(height, bottom + grow_y)
     left, right = max(0, left - grow_x), min(width, right + grow_x)
     if square:

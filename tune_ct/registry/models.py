@@ -22,8 +22,10 @@ from tune_ct.model.checkpoint import CHECKPOINT_FILE, load_checkpoint_model, sav
 from tune_ct.model.preprocess import Preprocessing
 
 DEFAULT_REGISTER_NAME = "cxr-classifier"
-WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder as extra_files/model.pt
+WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder (see WEIGHTS_DIRS)
 SEGMENTER_FILE = "lungs.pt"  # a lung_crop model carries its segmenter: it must work on films without masks
+ARTIFACTS_DIR = "artifacts"  # the pyfunc's artifacts (model.pt, lungs.pt, model.onnx): versions from now on
+WEIGHTS_DIRS = (ARTIFACTS_DIR, "extra_files")  # where model.pt is: this layout, then the pytorch-only one of before
 
 
 class ModelLoadError(RuntimeError):
@@ -62,7 +64,8 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for package in ("mlflow", "torch", "timm", "numpy", "grad-cam", "opencv-python-headless", "pillow", "pydicom"):
+    for package in ("mlflow", "torch", "timm", "numpy", "grad-cam", "opencv-python-headless", "pillow", "pydicom",
+                    "onnxruntime"):
         try:
             out.append(f"{package}=={version(package)}")
         except PackageNotFoundError:  # an install without the optional one: leave it to the serving side
@@ -70,44 +73,51 @@ def pip_requirements() -> list[str]:
     return out
 
 
+def stage_files(folder: Path, model: torch.nn.Module, saved: dict, carried: dict, film: Preprocessing) -> dict:
+    """model.pt (weights-only checkpoint) and, for a lung-crop model, lungs.pt in `folder`, by artifact name."""
+    from tune_ct.registry import serving
+
+    files = {serving.WEIGHTS: folder / WEIGHTS_FILE}
+    save_weights(files[serving.WEIGHTS], model, {**saved.get("hp", {}), "backbone": saved["backbone"],
+                                                 "image_size": saved["image_size"]}, int(saved.get("epoch", 0)),
+                 {"film_preprocessing": carried})
+    if film.lung_crop:
+        files[serving.SEGMENTER] = folder / SEGMENTER_FILE
+        shutil.copyfile(film.segmenter, files[serving.SEGMENTER])
+    return {name: str(path) for name, path in files.items()}
+
+
 def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, saved: dict, example: np.ndarray,
                      register_name: str | None, metadata: dict | None = None, version_tags: dict | None = None):
-    """Log the model (pickle format + weights-only checkpoint) to run_id and register it. Returns
-    (model_uri, version or None)."""
+    """Log the model to run_id and register it. Returns (model_uri, version or None). `example`: real films
+    (N x S x S uint8, as the network sees them): the ONNX export is checked on them."""
     import mlflow
-    from mlflow.models import infer_signature
 
+    from tune_ct.registry import serving
+    from tune_ct.registry.onnx_export import export_checked
     from tune_ct.track.uri import connect
 
     model = model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)
     x = to_model_input(torch.from_numpy(np.array(example, dtype=np.uint8)))
-    with torch.no_grad():
-        logits = model(x).numpy()
     film = Preprocessing.from_saved(saved)
-    carried = {**film.describe(), "segmenter": f"extra_files/{SEGMENTER_FILE}" if film.lung_crop else None}
-    meta = model_metadata({**saved, "film_preprocessing": carried}, metadata)
+    carried = {**film.describe(), "segmenter": f"{ARTIFACTS_DIR}/{SEGMENTER_FILE}" if film.lung_crop else None}
     client = connect(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        files = [Path(tmp) / WEIGHTS_FILE]
-        save_weights(files[0], model, {**saved.get("hp", {}), "backbone": saved["backbone"],
-                                       "image_size": saved["image_size"]}, int(saved.get("epoch", 0)),
-                     {"film_preprocessing": carried})
-        if film.lung_crop:
-            files.append(Path(tmp) / SEGMENTER_FILE)
-            shutil.copyfile(film.segmenter, files[-1])
+        artifacts = stage_files(Path(tmp), model, saved, carried, film)
+        onnx = export_checked(model, x, Path(tmp))
+        if onnx.path is not None:
+            artifacts[serving.ONNX] = str(onnx.path)
+        meta = model_metadata({**saved, "film_preprocessing": carried}, {**(metadata or {}), "onnx": onnx.tag})
+        # extra_files: the segmenter again, beside the pickle, for mlflow.pytorch users (the crop needs it).
+        extra = [artifacts[serving.SEGMENTER]] if film.lung_crop else []
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model, name="model", serialization_format="pickle",
-                signature=infer_signature(x.numpy(), logits), input_example=x.numpy(),
-                metadata=meta, extra_files=[str(f) for f in files],
-                pip_requirements=pip_requirements(),
-                registered_model_name=register_name or None,
-            )
+            info = serving.log_film_model(model, artifacts, extra, np.asarray(example, np.uint8), meta,
+                                          pip_requirements(), register_name)
     version = getattr(info, "registered_model_version", None)
     if register_name and version is not None:
         for key, value in {"tune_ct.backbone": meta["backbone"], "tune_ct.image_size": meta["image_size"],
                            "tune_ct.classes": ",".join(meta["classes"]), "tune_ct.source_run_id": run_id,
-                           **(version_tags or {})}.items():
+                           "tune_ct.onnx": onnx.tag, **(version_tags or {})}.items():
             client.set_model_version_tag(register_name, str(version), key, str(value))
     return info.model_uri, version
 

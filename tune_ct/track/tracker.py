@@ -103,7 +103,8 @@ class TrialTracker(Callback):
         for attempt in range(self.final_retries):
             if self._flush():
                 break
-            time.sleep(self.retry_every_s)
+            if attempt < self.final_retries - 1:  # no wait after the last attempt
+                time.sleep(self.retry_every_s)
         self.unlogged = [what for what, _ in self._pending]
         if self.unlogged:
             log.warning(f"WARNING: {len(self.unlogged)} MLflow log call(s) could not be delivered to "

@@ -84,6 +84,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """How many batches `batches(..., drop_last=True)` yields for n rows: the schedule must match the steps run."""
+    return max(1, n // batch_size) if n > batch_size else 1
+
+
 def batches(indices: np.ndarray, batch_size: int, drop_last: bool):
     stop = len(indices) - (len(indices) % batch_size if drop_last and len(indices) > batch_size else 0)
     for start in range(0, stop, batch_size):
@@ -148,8 +153,8 @@ def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
     model = build_model(hp["backbone"], size, run.weights.get(hp["backbone"])).to(memory_format=torch.channels_last)
     model = ctx.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / ctx.world_size / int(hp["batch_size"])))
-    scheduler = warmup_cosine(optimizer, int(hp["epochs"]), steps_per_epoch, float(hp.get("warmup_epochs", 0.0)))
+    steps = steps_per_epoch(len(train_idx) // ctx.world_size, int(hp["batch_size"]))  # each rank's equal shard
+    scheduler = warmup_cosine(optimizer, int(hp["epochs"]), steps, float(hp.get("warmup_epochs", 0.0)))
     weight = class_weights(data.labels[train_idx]).to(ctx.device) if hp.get("class_weighting", True) else None
     dtype = autocast_dtype(hp.get("precision", "auto"), ctx.device)
     return Training(hp, data, train_idx, val_idx, model, optimizer, scheduler, weight, dtype, cache_seconds, external,

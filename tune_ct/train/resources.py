@@ -39,7 +39,8 @@ def check_resources(search: SearchSettings, max_concurrent: int, cluster: dict[s
             f" / {gpus_per_worker} GPU per trial, but the cluster has {cpus:g} CPU and {gpus:g} GPU; lower "
             "search.workers_per_trial / cpus_per_worker / gpus_per_worker"
         )
-    fits = [max_concurrent, int(cpus // need_cpu) if need_cpu else max_concurrent]
+    # Divide, then floor with a tolerance: 1.0 // 0.1 is 9.0 in floating point, not 10.
+    fits = [max_concurrent, int(cpus / need_cpu + 1e-9) if need_cpu else max_concurrent]
     if need_gpu:
-        fits.append(int(gpus // need_gpu + 1e-9))
+        fits.append(int(gpus / need_gpu + 1e-9))
     return float(gpus_per_worker), max(1, min(fits))

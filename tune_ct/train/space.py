@@ -23,6 +23,7 @@ Distributions: ``choice: [a, b, ...]``, ``uniform: [low, high]``, ``loguniform: 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,8 @@ def _check_value(where: str, name: str, value: Any) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpaceError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):  # .nan passes every range comparison; .inf cannot be a whole number
+        raise SpaceError(f"{where}: expected a finite number, got {value!r}")
     if kind is int and int(value) != value:
         raise SpaceError(f"{where}: expected a whole number, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ray.tune.search.optuna import OptunaSearch
+
 from tune_ct.train.settings import RunSettings
 from tune_ct.train.space import Space
 
@@ -26,20 +28,42 @@ class TunePlan:
     seed: int = 0
     runner: str = "train"  # actor: the loop in the reused trial actor; train: a Ray Train run per trial
     time_budget_s: float | None = None  # no trial starts after it; running ones stop at their next report
+    study_storage: str | None = None  # Optuna RDB storage URL of the TPE searcher's study (named run_name)
+    verbose: bool = False  # Tune's own per-trial output on the console too (else only tune_ct's trial table)
 
 
-def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0):
-    """Optuna TPE (seeded), or Tune's random sampling. OptunaSearch refuses a space with nothing to sample (every
-    value fixed): such trials run as they are. Tune applies max_concurrent_trials to a Searcher but ignores it for
-    a ready-made BasicVariantGenerator, so the random sampler gets the limit itself."""
+class StudySearch(OptunaSearch):
+    """Ray's OptunaSearch on a storage, made to agree with that storage after `Tuner.restore`.
+
+    Tune restores the searcher from its last snapshot of the experiment; the study on disk may be ahead of it:
+    an Optuna trial asked for just before the driver died is RUNNING on disk but unknown to Tune (which samples a
+    new trial in its place), and a trial told COMPLETE after the snapshot would be told again. The first is
+    closed FAIL (never counted), the second is marked completed in the searcher (not told twice)."""
+
+    def restore(self, checkpoint_path: str):
+        from tune_ct.track.study import reconcile
+
+        super().restore(checkpoint_path)
+        if self._ot_study is not None:
+            reconcile(self._ot_study, self._ot_trials, self._completed_trials)
+
+
+def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0, study_name: str = "optuna",
+                   study_storage: str | None = None):
+    """Optuna TPE (seeded), its study in `study_storage` (an RDB URL) when given, or Tune's random sampling.
+    OptunaSearch refuses a space with nothing to sample (every value fixed): such trials run as they are. Tune
+    applies max_concurrent_trials to a Searcher but ignores it for a ready-made BasicVariantGenerator, so the
+    random sampler gets the limit itself."""
     import optuna
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
     from ray.tune.search.sample import Domain
+
+    from tune_ct.track.study import open_storage
 
     searchable = any(isinstance(v, Domain) for v in param_space.values())
     if kind == "tpe" and searchable:
-        return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed))
+        storage = open_storage(study_storage) if study_storage else None
+        return StudySearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name, storage=storage)
     if kind == "tpe":
         log.info("every parameter is fixed, so there is nothing for TPE to search; running the trials as given")
     return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
@@ -70,6 +94,11 @@ def trainable(settings: RunSettings, runner: str):
     return tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": TRIAL_DRIVER_CPU})
 
 
+def uses_study(kind: str, space: Space) -> bool:
+    """Whether the search keeps an Optuna study: TPE over a space with something to sample."""
+    return kind == "tpe" and any(isinstance(v, dict) for v in space.params.values())
+
+
 def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
     from ray import tune
 
@@ -80,7 +109,8 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
-            search_alg=build_searcher(plan.searcher, plan.seed, param_space, plan.max_concurrent),
+            search_alg=build_searcher(plan.searcher, plan.seed, param_space, plan.max_concurrent, plan.run_name,
+                                      plan.study_storage),
             scheduler=build_scheduler(plan.scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
             reuse_actors=plan.runner == "actor", time_budget_s=plan.time_budget_s,
@@ -88,6 +118,9 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         run_config=tune.RunConfig(
             name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=1),
+            # 0: Tune's engine prints nothing (the trial table is a callback); verbose: its default output too.
+            # Each trial's stdout/stderr also goes to files in its folder under the storage.
+            verbose=None if plan.verbose else 0, log_to_file=True,
             # Keep the best epoch (what the search picks) and not only the newest ones (actor runner; the train
             # runner keeps its checkpoints in each Train run with the same rule).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
