@@ -1,7 +1,7 @@
 """Lung segmenter benchmark on the shared set: train on its mask pairs, then crop films of every class.
 
     python bench/lungs.py --data ../shared/data/COVID-19_Radiography_Dataset [--epochs 5] [--limit N] \
-        [--size 128] [--per-class 500] [--threads 1] [--save lungs.pt] [--json results.json]
+        [--size 128] [--per-class 500] [--threads 1] [--save lungs.pt | --load lungs.pt] [--json results.json]
 
 Reports held-out Dice (with the all-lung and average-mask baselines), training seconds, prediction films/s, and
 per class the share of fallback boxes (no usable lungs found: the whole film is kept) and the mean box area.
@@ -49,6 +49,17 @@ def train(args, root: Path, images: list[str]) -> tuple[lungs.LungNet, dict, set
     return model, report, {pairs[i][0] for i in train_idx}, pairs
 
 
+def reload(args, root: Path, images: list[str]) -> tuple[lungs.LungNet, dict, set[str], list[tuple[str, str]]]:
+    """A segmenter this script saved: its training set is rebuilt from the same shuffle and split."""
+    model, report = lungs.load_segmenter(Path(args.load))
+    torch.set_num_threads(args.threads)
+    pairs = lungs.find_mask_pairs(root, images)
+    random.Random(report.get("seed", args.seed)).shuffle(pairs)
+    pairs = pairs[: args.limit] if args.limit else pairs
+    train_idx, _ = lungs.split_pairs(len(pairs), 0.15, report.get("seed", args.seed))
+    return model, report, {pairs[i][0] for i in train_idx}, pairs
+
+
 def per_class(args, root: Path, model, scanned, trained: set[str]) -> tuple[dict, dict]:
     rng = random.Random(args.seed + 1)
     chosen = {c: sorted(rng.sample([r for r, label in scanned if label == c],
@@ -58,7 +69,7 @@ def per_class(args, root: Path, model, scanned, trained: set[str]) -> tuple[dict
     everything = [f for c in CLASSES for f in films[c]]
     lungs.predict_masks(model, everything[:64])  # warm-up: first-call allocation is not throughput
     start = time.perf_counter()
-    masks = lungs.predict_masks(model, everything, batch_size=64)
+    masks = lungs.predict_masks(model, everything, batch_size=args.predict_batch)
     predict_s = time.perf_counter() - start
     start = time.perf_counter()
     boxes = [lungs.lung_box(m) for m in masks]
@@ -103,12 +114,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--predict-batch", type=int, default=16)
     ap.add_argument("--save", help="also save the segmenter here")
+    ap.add_argument("--load", help="skip training: measure this saved segmenter (trained by this script)")
     ap.add_argument("--json", help="write the summary here too")
     args = ap.parse_args()
     root = Path(args.data).resolve()
     scanned = scan(root).images
-    model, report, trained, pairs = train(args, root, [r for r, _ in scanned])
+    if args.load:
+        model, report, trained, pairs = reload(args, root, [r for r, _ in scanned])
+    else:
+        model, report, trained, pairs = train(args, root, [r for r, _ in scanned])
     classes, speed = per_class(args, root, model, scanned, trained)
     summary = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "mask_pairs": len(pairs), "training": report, "prediction": speed, "per_class": classes,

@@ -60,6 +60,20 @@ def console_logging(verbose: bool = False) -> None:
     logger.propagate = False
 
 
+def quiet_libraries(verbose: bool = False) -> None:
+    """What the libraries a command drives may print: their warnings and errors always, their INFO chatter (MLflow's
+    database set-up, Optuna's "study created", MLflow's artifact download bars) only with --verbose. Set through
+    the environment too, so a library imported later, or in a local Ray worker, starts the same way."""
+    import optuna
+
+    level = logging.INFO if verbose else logging.WARNING
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(level)
+    optuna.logging.set_verbosity(level)
+
+
 def exit_on(errors: tuple[type[Exception], ...], fn: Callable[[], int | None]) -> int:
     """Run a command; an expected error (bad input, an unusable server) prints one line and exits 2."""
     try:

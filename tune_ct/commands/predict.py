@@ -1,9 +1,11 @@
 """Classify chest films (PNG, JPEG, DICOM) with a registered model.
 
     python -m tune_ct.predict --model models:/cxr-classifier@champion FILE... [--json] [--gradcam OUTDIR]
+                              [--runtime torch|onnx] [--threads N]
 
 Prints class probabilities per file. A file that cannot be read gets its own error and the others are still
-answered; the exit status is then 1.
+answered; the exit status is then 1. `--runtime onnx` runs the version's ONNX export under ONNX Runtime (every
+version registered since the export carries one unless its check failed: its tune_ct.onnx tag says why).
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from tune_ct.commands.common import add_tracking_arg, exit_on
 from tune_ct.data.files import CLASSES
 from tune_ct.model.preprocess import preprocessing_of
 from tune_ct.registry.models import ModelLoadError, load_model
-from tune_ct.registry.predict import Prediction, predict_files
+from tune_ct.registry.onnx_export import onnx_network, onnx_session
+from tune_ct.registry.predict import Network, Prediction, predict_files, torch_network
 from tune_ct.track.uri import resolve_tracking_uri
+
+
+RUNTIMES = ("torch", "onnx")
 
 
 def parse_args(argv):
@@ -26,9 +34,32 @@ def parse_args(argv):
     p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/... or a checkpoint")
     p.add_argument("files", nargs="+", type=Path, help="PNG, JPEG or DICOM files")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of lines")
-    p.add_argument("--gradcam", type=Path, metavar="OUTDIR", help="write Grad-CAM overlays here")
+    p.add_argument("--gradcam", type=Path, metavar="OUTDIR", help="write Grad-CAM overlays here (PyTorch, whatever "
+                   "--runtime computes the probabilities)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="what computes the probabilities: eager PyTorch (default) or the ONNX export under ONNX Runtime")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="intra-op threads of the runtime (default 0: the runtime's own default)")
     add_tracking_arg(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.threads < 0:
+        p.error(f"--threads must be 0 (the runtime's default) or more, got {args.threads}")
+    return args
+
+
+def network_for(args, model, meta: dict) -> Network:
+    """The --runtime's network; --threads applies to either runtime."""
+    if args.runtime == "torch":
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        return torch_network(model)
+    if not meta.get("onnx_file"):
+        why = meta.get("onnx") or "registered before the ONNX export, or not a registered version"
+        raise ModelLoadError(f"{args.model} carries no ONNX export ({why}); use --runtime torch")
+    try:
+        return onnx_network(onnx_session(meta["onnx_file"], args.threads))
+    except ImportError as exc:
+        raise ModelLoadError(f"--runtime onnx needs onnxruntime ({exc}): pip install onnxruntime") from exc
 
 
 def print_predictions(model: str, preds: list[Prediction], as_json: bool) -> None:
@@ -52,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         model, meta = load_model(args.model, tracking_uri)
         preds = predict_files(model, int(meta["image_size"]), args.files, args.gradcam,
-                              preprocessing=preprocessing_of(meta))
+                              preprocessing=preprocessing_of(meta), network=network_for(args, model, meta))
         print_predictions(args.model, preds, args.json)
         return 1 if any(pr.error for pr in preds) else 0
 

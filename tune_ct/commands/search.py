@@ -14,14 +14,16 @@ import sys
 from pathlib import Path
 
 from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_logging, data_settings, exit_on,
-                                     write_json)
+                                     quiet_libraries, write_json)
 from tune_ct.data.files import DataError
 from tune_ct.commands.search_steps import SearchOptions, run_search
 from tune_ct.registry.models import DEFAULT_REGISTER_NAME
 from tune_ct.track.server import TrackingError
+from tune_ct.track.study import StudyError, resolve_storage_url
 from tune_ct.track.uri import resolve_tracking_uri
 from tune_ct.train.resources import ClusterError
 from tune_ct.train.resume import ResumeError
+from tune_ct.model.networks import PretrainedError
 from tune_ct.train.space import SpaceError, parse_duration
 from tune_ct.train.storage import resolve_storage
 from tune_ct.train.tuner import SCHEDULERS, SEARCHERS
@@ -59,7 +61,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "metric to ext_val_macro_f1 or blend_macro_f1 to select on them")
     p.add_argument("--select-on-labels", type=Path, metavar="CSV", help="file,label[,origin] CSV for --select-on")
     p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
-                   help="local pretrained weights for a backbone (repeatable); without it, train from scratch")
+                   help="local pretrained weights for a backbone (repeatable; wins over the space's pretrained: "
+                   "true); without either, train from scratch")
+    p.add_argument("--optuna-storage", metavar="URL",
+                   help="Optuna storage for the search's study, one study per search named after --name (default "
+                   "sqlite:///optuna.db in this folder; a team's postgresql+psycopg2://...); open it with "
+                   "optuna-dashboard URL")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print Tune's per-trial output, Ray Train and worker logs (default: a compact trial "
+                   "table; those go to the log files under the storage and Ray's session folder)")
     args = p.parse_args(argv)
     for name in ("num_samples", "max_concurrent", "limit_per_class"):
         value = getattr(args, name)
@@ -93,15 +103,17 @@ def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, searcher=args.searcher,
         scheduler=args.scheduler, weights=parse_weights(args.weights), register_name=args.register_name,
         address=args.address, summary=args.summary, select_on=args.select_on, select_on_labels=args.select_on_labels,
-        time_budget=args.time_budget, argv=tuple(argv),
+        time_budget=args.time_budget, argv=tuple(argv), verbose=args.verbose,
+        optuna_storage=resolve_storage_url(args.optuna_storage), optuna_storage_given=bool(args.optuna_storage),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    console_logging()
-    errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError)
+    console_logging(args.verbose)
+    quiet_libraries(args.verbose)
+    errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError, StudyError, PretrainedError)
 
     def run() -> int:
         try:

@@ -49,6 +49,9 @@ class SearchOptions:
     select_on_labels: Path | None = None
     time_budget: str | None = None  # overrides the space's search.time_budget
     argv: tuple[str, ...] = ()  # the command line, for the exact --resume command after an interruption
+    verbose: bool = False  # Tune's own output, Ray Train and worker logs on the console too
+    optuna_storage: str | None = None  # the TPE study's RDB URL (resolved); None: the study stays in memory
+    optuna_storage_given: bool = False  # --optuna-storage was passed (a resumed search keeps its own otherwise)
 
 
 @dataclass
@@ -70,6 +73,9 @@ class SearchRun:
     select_on_subset: Path | None = None
     segmenter: Path | None = None  # the lung segmenter, when the space can choose lung_crop: true
     segmenter_report: dict | None = None
+    study_storage: str | None = None  # where the Optuna study (named run_name) is, when the searcher keeps one
+    inputs: tuple = ()  # the train and val splits as MLflow dataset inputs (tune_ct.track.datasets.SplitInput)
+    sink: object | None = None  # the SystemSink actor; held here, as Ray ends an actor no handle refers to
 
     @property
     def cache_root(self) -> Path:
@@ -80,26 +86,58 @@ def run_search(options: SearchOptions) -> dict:
     started = time.monotonic()
     space = load_space(options.space)  # every space mistake fails here, before any compute
     check_selection_metric(space, options)
+    check_pretrained(space, options.weights)  # weights neither cached nor reachable fail here
     check_tracking(options.tracking_uri)  # a dead or credential-rejecting server fails here, before any compute
     prep = prepare_data(options.data)
     run = plan_run(options, space, prep, started)
+    plan_study(run)  # an Optuna storage that does not open fails here
     prepare_selection(run)
     prepare_segmenter(run)
     import ray
 
     # "local" always starts a fresh Ray for this search; plain ray.init() would silently join any cluster that
     # `ray start` left running on this machine.
+    # Tune's default output engine prints a configuration box even at verbose=0; its legacy engine at verbose=0
+    # prints nothing, which leaves the console to the trial table (--verbose: the default engine, in full).
+    if not options.verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # Ctrl-C stops the search here, as a KeyboardInterrupt, instead of Tune's handler returning the trials so far
     # as if the search had ended (which then tested and registered an epoch-1 checkpoint).
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    context = ray.init(address=options.address or "local")
+    context = ray.init(**ray_init_args(options))
     try:
+        announce(run, context)
         fit_to_cluster(run, context.dashboard_url, ray.cluster_resources())
         open_parent_run(run)
         build_caches(run)
         return search_and_publish(run)
     finally:
         ray.shutdown()
+
+
+def ray_init_args(options: SearchOptions) -> dict:
+    """What reaches the console from Ray: warnings and errors, the driver's INFO and the workers' output only
+    with --verbose (they stay in Ray's session logs and, per trial, in its folder under the storage). The
+    Hugging Face settings (HF_HOME, HF_HUB_OFFLINE) travel to every worker, also on a cluster's other nodes."""
+    import logging
+
+    args = {"address": options.address or "local", "log_to_driver": options.verbose,
+            "logging_level": logging.INFO if options.verbose else logging.WARNING}
+    hub_env = {k: v for k, v in os.environ.items() if k.startswith("HF_")}
+    if hub_env:
+        args["runtime_env"] = {"env_vars": hub_env}
+    return args
+
+
+def announce(run: SearchRun, context) -> None:
+    """Where to watch the search from outside this console."""
+    session = (getattr(context, "address_info", None) or {}).get("session_dir")
+    print(f"search {run.run_name}: Ray dashboard {context.dashboard_url or '(none)'}; trial and Ray Train logs "
+          f"in {session or 'the Ray session'}/logs" + ("" if run.options.verbose else " (--verbose prints them here)"),
+          flush=True)
+    if run.study_storage:
+        print(f"Optuna study {run.run_name} in {run.study_storage}: watch it with "
+              f"`optuna-dashboard {run.study_storage}`", flush=True)
 
 
 def search_and_publish(run: SearchRun) -> dict:
@@ -149,6 +187,41 @@ def check_tracking(uri: str) -> None:
         # Fail a log call within ~15 s instead of MLflow's minutes of backoff: TrialTracker queues and retries it.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def check_pretrained(space: Space, weights: dict[str, str]) -> None:
+    """Every backbone a trial may build with `pretrained: true` has its timm weights in the Hugging Face cache,
+    fetched now when the hub is reachable (trials then load them from the cache); a --weights file wins."""
+    if True not in space.finite_values("pretrained"):
+        return
+    from tune_ct.model.networks import pretrained_weights
+
+    for backbone in space.finite_values("backbone"):
+        if backbone not in weights:
+            path = pretrained_weights(backbone)
+            log.info(f"pretrained weights of {backbone}: {path or 'none in timm (trains from scratch)'}")
+
+
+def plan_study(run: SearchRun) -> None:
+    """The TPE searcher's study on disk: a new search checks its storage opens and holds no study of that name;
+    a resumed one continues the study its parent run names (the restored searcher writes there)."""
+    from tune_ct.track.study import STORAGE_TAG, StudyError, check_study
+    from tune_ct.train.tuner import uses_study
+
+    options = run.options
+    if not options.optuna_storage or not uses_study(options.searcher, run.space):
+        return
+    url = options.optuna_storage
+    if options.resume:
+        recorded = run.client.get_run(run.parent_id).data.tags.get(STORAGE_TAG)
+        if recorded is None:  # a search from before studies were kept on disk: its searcher's is in memory
+            return
+        if options.optuna_storage_given and recorded != url:
+            raise StudyError(f"--optuna-storage {url}: search {run.run_name} keeps its Optuna study in {recorded}; "
+                             "resume without --optuna-storage (or with that URL)")
+        url = recorded
+    check_study(url, run.run_name, options.resume)
+    run.study_storage = url
 
 
 def check_selection_metric(space: Space, options: SearchOptions) -> None:
@@ -249,8 +322,12 @@ def start_parent_run(run: SearchRun) -> str:
     from tune_ct.track.runs import code_version
 
     options, space, prep = run.options, run.space, run.prep
+    from tune_ct.track.datasets import log_inputs, trainval_inputs
+    from tune_ct.track.study import STORAGE_TAG, STUDY_TAG
+
+    study = {STORAGE_TAG: run.study_storage, STUDY_TAG: run.run_name} if run.study_storage else {}
     parent = run.client.create_run(run.experiment_id, run_name=run.run_name, tags={
-        EXPERIMENT_TAG: run.run_name,
+        EXPERIMENT_TAG: run.run_name, **study,
         "tune_ct.space_file": str(space.path), "tune_ct.manifest_hash": prep.manifest.hash,
         "tune_ct.code_version": code_version(), "tune_ct.data": str(prep.root),
         "tune_ct.limit_per_class": str(options.data.limit_per_class or "none"),
@@ -265,11 +342,19 @@ def start_parent_run(run: SearchRun) -> str:
         "storage": options.storage,
         "sampler": {"tpe": "optuna.TPESampler", "random": "random"}[options.searcher],
         "scheduler": {"asha": "ASHA", "none": "none"}[options.scheduler],
-        "pretrained": ",".join(options.weights) or "none (from scratch)",
+        "pretrained": pretrained_description(options.weights, space),
     }.items()])
+    run.inputs = trainval_inputs(prep, options.data.limit_per_class)
+    log_inputs(run.client, parent_id, run.inputs)
     run.client.log_artifact(parent_id, str(space.path))
     log_selection_and_segmenter(run, parent_id)
     return parent_id
+
+
+def pretrained_description(weights: dict[str, str], space: Space) -> str:
+    hub = "timm pretrained weights (Hugging Face hub) where pretrained: true" if True in space.finite_values(
+        "pretrained") else ""
+    return "; ".join(filter(None, (",".join(f"{b}={f}" for b, f in weights.items()), hub))) or "none (from scratch)"
 
 
 def log_selection_and_segmenter(run: SearchRun, parent_id: str) -> None:
@@ -321,19 +406,24 @@ def run_settings(run: SearchRun) -> RunSettings:
 
 def make_tuner(run: SearchRun):
     """The trial tracker and a new Tuner, or on --resume the restored Tuner with its own restored tracker."""
+    from tune_ct.track.console import TrialTable
+    from tune_ct.track.system import start_sink
     from tune_ct.track.tracker import TrialTracker
     from tune_ct.train.tuner import TunePlan, new_tuner, restored_callback, restored_tuner, trainable
 
-    options, search = run.options, run.space.search
+    options, search, space = run.options, run.space.search, run.space
     plan = TunePlan(run.run_name, options.storage, run.num_samples, run.max_concurrent, options.searcher,
-                    options.scheduler, options.data.seed, search.resolved_runner, time_budget_s(run))
-    tracker = TrialTracker(options.tracking_uri, run.experiment_id, run.parent_id, run.space.max_epochs,
-                           time_budget_s=plan.time_budget_s)
-    fn = trainable(run_settings(run), plan.runner)
+                    options.scheduler, options.data.seed, search.resolved_runner, time_budget_s(run),
+                    study_storage=run.study_storage, verbose=options.verbose)
+    tracker = TrialTracker(options.tracking_uri, run.experiment_id, run.parent_id, space.max_epochs,
+                           time_budget_s=plan.time_budget_s, inputs=run.inputs, system_metrics_of=run.run_name)
+    run.sink = start_sink(run.run_name)  # the trials' system metrics wait there until the tracker logs them
+    fn = trainable(run_settings(run), plan.runner, sampled_as=run.run_name)
     if options.resume:
         tuner = restored_tuner(fn, plan)
         return restored_callback(tuner, TrialTracker, tracker), tuner
-    return tracker, new_tuner(fn, run.space, plan, [tracker])
+    table = TrialTable(space.metric, space.mode, space.max_epochs, plan.time_budget_s)
+    return tracker, new_tuner(fn, space, plan, [tracker, table])
 
 
 def close_orphans(run: SearchRun, results) -> list[str]:
@@ -396,9 +486,45 @@ def publish(run: SearchRun, tracker, best, results) -> dict:
                              run.options.register_name, seed=data.seed)
     log_best(run, best, evaluation)
     summary = summarize(run, tracker, best, evaluation, results, published)
+    log_test_input(run, evaluation)
+    log_study_plots(run)
+    describe(run, summary)
     log_json(run.client, run.parent_id, summary, "summary.json")
     print_result(best, evaluation, summary)
     return summary
+
+
+def log_test_input(run: SearchRun, evaluation) -> None:
+    """The test split as the parent run's third dataset input, once it has been used (by the winner alone)."""
+    from tune_ct.track.datasets import log_inputs, split_input
+
+    labels = [CLASSES[int(i)] for i in evaluation.y_true]
+    log_inputs(run.client, run.parent_id, [split_input(run.prep, "test", labels, run.options.data.limit_per_class)])
+
+
+def log_study_plots(run: SearchRun) -> None:
+    """Optuna's history, importance and parallel-coordinate plots of the finished study, under optuna/."""
+    from tune_ct.track.study import load_study, study_plots
+
+    study = load_study(run.study_storage, run.run_name) if run.study_storage else None
+    if study is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if study_plots(study, Path(tmp), ("optuna_history.png", "optuna_importances.png",
+                                          "optuna_parallel_coordinate.png")):
+            run.client.log_artifacts(run.parent_id, tmp, "optuna")
+
+
+def describe(run: SearchRun, summary: dict) -> None:
+    """What MLflow's UI shows first: the parent run's description and the registered version's."""
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    from tune_ct.track.notes import search_note, version_note
+
+    run.client.set_tag(run.parent_id, MLFLOW_RUN_NOTE, search_note(summary, run.run_name, run.options.tracking_uri))
+    if summary.get("registered_version") is not None:
+        run.client.update_model_version(summary["registered_model"], str(summary["registered_version"]),
+                                        description=version_note(summary, run.run_name))
 
 
 def log_best(run: SearchRun, best, evaluation) -> None:
@@ -444,6 +570,8 @@ def summarize(run: SearchRun, tracker, best, evaluation, results, published: dic
         "space": str(run.space.path),
         "storage": run.options.storage,
         "seconds": round(time.monotonic() - run.started, 1),
+        "optuna_storage": run.study_storage,
+        "optuna_study": run.run_name if run.study_storage else None,
         **published,  # model_uri, registered_model, registered_version, ...
     }
 
@@ -474,6 +602,8 @@ def print_result(best, evaluation, summary: dict) -> None:
         print(f"  {label:<16} {row}")
     print(f"\n{summary['trials']} trials ({summary['trials_errored']} errored) in {summary['seconds']:.0f}s; "
           f"MLflow parent run {summary['parent_run_id']}")
+    if summary.get("optuna_study"):
+        print(f"Optuna study {summary['optuna_study']}: optuna-dashboard {summary['optuna_storage']}")
 
 
 def report_tracking(summary: dict, tracker) -> None:

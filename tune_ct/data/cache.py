@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from tune_ct.data.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, resize
+from tune_ct.data.manifest import progress_bar
 from tune_ct.data.subsets import read_subset
 
 @dataclass
@@ -90,7 +91,8 @@ def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, wor
 
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(fill, range(len(files)), chunksize=32))
+            list(progress_bar(pool.map(fill, range(len(files)), chunksize=32), len(files),
+                              f"caching films at {size}px"))
         out.flush()
         del out
         index = {

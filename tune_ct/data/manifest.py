@@ -311,6 +311,27 @@ def _build(root: Path, manifest_path: Path, options: BuildOptions) -> tuple[Mani
     return manifest, report
 
 
+# Progress bars: None shows them when stderr is a terminal; a command may ask for them always (True) or never.
+_PROGRESS: list[bool | None] = [None]
+
+
+def show_progress(enabled: bool | None) -> None:
+    """Whether the data stage draws progress bars (hashing films, building caches) on stderr; None: when stderr
+    is a terminal. A command calls this once; library code never prints otherwise."""
+    _PROGRESS[0] = enabled
+
+
+def progress_bar(iterable, total: int, desc: str):
+    """`iterable`, with a tqdm bar on stderr while it is consumed (when shown, and for more than a handful)."""
+    import sys
+
+    from tqdm import tqdm
+
+    shown = _PROGRESS[0] if _PROGRESS[0] is not None else sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit="film", file=sys.stderr, disable=not shown or total < 2,
+                leave=False, mininterval=0.5, dynamic_ncols=True)
+
+
 def _hash_entries(root: Path, images: list[tuple[str, str]], previous: dict[str, Entry], origins: dict[str, str],
                   workers: int | None) -> tuple[list[Entry], list[dict[str, str]]]:
     """An Entry per readable image (unchanged files keep their hashes) and a reason per rejected file."""
@@ -341,7 +362,7 @@ def _hash_entries(root: Path, images: list[tuple[str, str]], previous: dict[str,
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for entry, reject in pool.map(digest, todo, chunksize=64):
+        for entry, reject in progress_bar(pool.map(digest, todo, chunksize=64), len(todo), "hashing films"):
             if entry is not None:
                 entries.append(entry)
             else:

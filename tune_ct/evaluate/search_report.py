@@ -1,14 +1,13 @@
 """A Markdown report of the newest search in an MLflow experiment, with its pictures.
 
 It reads what the search logged (parent and child runs, evaluation, Grad-CAM, data overview), draws the
-learning curves of the best trials and Optuna's search-history plots (a study rebuilt from the child runs),
-and ends with the seed's questions answered from the measured numbers.
+learning curves of the best trials and Optuna's search-history plots (the search's own study, read from the
+Optuna storage its parent run names; rebuilt from the child runs for a search that kept none), and ends with the seed's questions answered from the measured numbers.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import yaml
@@ -109,24 +108,23 @@ def rebuild_study(children, space: dict | None, metric: str):
     return study
 
 
-def optuna_plots(study, out: Path) -> list[str]:
-    from optuna.visualization import matplotlib as om
+def search_study(parent, children, space: dict | None, metric: str):
+    """(study, where it came from): the search's study in its Optuna storage, else one rebuilt from the child
+    runs (searches from before the study was kept on disk, the random searcher, a storage no longer there)."""
+    from tune_ct.track.study import STORAGE_TAG, STUDY_TAG, load_study
 
-    plt = _plt()
-    made = []
-    for name, fn in (("optuna_history.png", om.plot_optimization_history), ("optuna_slice.png", om.plot_slice),
-                     ("optuna_importances.png", om.plot_param_importances)):
-        try:
-            ax = fn(study)
-            fig = (ax.ravel()[0] if hasattr(ax, "ravel") else ax).figure
-            fig.set_size_inches(max(6, fig.get_size_inches()[0]), 3.6)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=90)
-            plt.close(fig)
-            made.append(name)
-        except Exception as exc:  # noqa: BLE001 - importances need >= 2 trials with varied params
-            print(f"note: {name} not drawn ({exc})", file=sys.stderr)
-    return made
+    tags = parent.data.tags
+    if tags.get(STORAGE_TAG) and tags.get(STUDY_TAG):
+        study = load_study(tags[STORAGE_TAG], tags[STUDY_TAG])
+        if study is not None:
+            return study, f"study `{tags[STUDY_TAG]}` in `{tags[STORAGE_TAG]}`"
+    return rebuild_study(children, space, metric), "rebuilt from the MLflow child runs"
+
+
+def optuna_plots(study, out: Path) -> list[str]:
+    from tune_ct.track.study import study_plots
+
+    return study_plots(study, out)
 
 
 def _f(v, digits=3) -> str:
@@ -237,9 +235,9 @@ def write_report(client, parent, out: Path) -> Path:
     lines += [f"- {c.data.tags.get('mlflow.runName')}: best {metric} {c.data.metrics[metric]:.3f} (val), "
               + ", ".join(f"{k}={c.data.params[k]}" for k in ("backbone", "lr", "image_size") if k in c.data.params)
               for c in best]
-    study = rebuild_study(children, space, metric)
+    study, where = search_study(parent, children, space, metric)
     made = optuna_plots(study, out) if len(study.trials) else []
-    lines += ["", "## Search history (Optuna, rebuilt from the MLflow child runs)", ""]
+    lines += ["", f"## Search history (Optuna, {where})", ""]
     lines += [f"![{n}]({n})" for n in made] + [""]
     lines += test_section(ev) + focus_section(focus) + external_section(client, pid, summary)
     lines += answers(ev, focus, summary)

@@ -268,8 +268,11 @@ def load_pairs(data_root: Path, pairs: list[tuple[str, str]],
     return out
 
 
-def predict_masks(model: LungNet, films: Sequence[np.ndarray] | np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
-    """Bool lung masks, one per uint8 film (a list, or an N x H x W array), each at its film's own size."""
+def predict_masks(model: LungNet, films: Sequence[np.ndarray] | np.ndarray, batch_size: int = 16) -> list[np.ndarray]:
+    """Bool lung masks, one per uint8 film (a list, or an N x H x W array), each at its film's own size.
+
+    batch_size 16, not 64: on CPU the 128 px activations of 64 films fall out of cache (93 vs 46 films/s
+    measured on one EPYC core)."""
     films = list(films)  # an N x H x W array iterates as its 2-D films
     masks: list[np.ndarray] = []
     was_training = model.training
@@ -339,7 +342,7 @@ def crop_to_lungs(film: np.ndarray, model: LungNet, margin: float = 0.08, min_ar
     return crop_to_lungs_batch([film], model, margin=margin, min_area=min_area, square=square)[0]
 
 
-def crop_to_lungs_batch(films: Sequence[np.ndarray] | np.ndarray, model: LungNet, batch_size: int = 64,
+def crop_to_lungs_batch(films: Sequence[np.ndarray] | np.ndarray, model: LungNet, batch_size: int = 16,
                         margin: float = 0.08, min_area: float = 0.05,
                         square: bool = False) -> list[tuple[np.ndarray, LungBox]]:
     """Many films cropped to their lungs: the segmenter runs batched; crops keep each film's own resolution."""

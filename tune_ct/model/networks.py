@@ -1,8 +1,9 @@
 """Networks: any timm model, and the seed's Keras CNN registered in timm as `baseline_cnn`; 1 channel, 4 classes.
 
 Every network enters through `timm.create_model`, so one name gives one model everywhere (factory, space check,
-Grad-CAM's target layer). Models train from scratch unless the user names a local weights file: nothing is
-downloaded.
+Grad-CAM's target layer). Models train from scratch unless the user names a local weights file (`--weights`) or
+the space sets `pretrained: true`: timm's weights then come through the Hugging Face hub and its cache (HF_HOME;
+HF_HUB_OFFLINE=1 reads the cache alone), checked by the search before any compute.
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def is_known_backbone(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
-def build_model(backbone: str, image_size: int, weights: str | None = None) -> nn.Module:
-    """A fresh model; `weights` is a local file (timm/torch state dict, a tune_ct checkpoint, or .safetensors)."""
+def build_model(backbone: str, image_size: int, weights: str | None = None, pretrained: bool = False) -> nn.Module:
+    """A fresh model; `weights` is a local file (timm/torch state dict, a tune_ct checkpoint, or .safetensors) and
+    wins over `pretrained` (timm's weights for the backbone, from the Hugging Face cache or hub)."""
     if not timm.is_model(backbone):
         raise ValueError(f"unknown backbone {backbone!r}: use {BASELINE} or a timm model name (timm.list_models())")
     overlay = {"input_size": (1, image_size, image_size)}
@@ -74,8 +76,49 @@ def build_model(backbone: str, image_size: int, weights: str | None = None) -> n
         # timm adapts the first conv to 1 channel and drops a mismatched classifier when loading pretrained
         # weights; the overlay points it at the local file so it never reaches for a model hub.
         overlay.update({"file": str(_existing(weights)), "hf_hub_id": None, "url": None})
-    return timm.create_model(backbone, pretrained=bool(weights), in_chans=1, num_classes=len(CLASSES),
+    # A backbone without published weights (baseline_cnn) trains from scratch: timm warns and initialises it.
+    return timm.create_model(backbone, pretrained=bool(weights) or pretrained, in_chans=1, num_classes=len(CLASSES),
                              pretrained_cfg_overlay=overlay)
+
+
+class PretrainedError(ValueError):
+    """A backbone's pretrained weights are neither in the Hugging Face cache nor reachable."""
+
+
+def hub_id(backbone: str) -> str | None:
+    """The Hugging Face repo timm loads the backbone's default pretrained weights from (None: it has none)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(backbone)  # a name without a tag gets the architecture's default one
+    return getattr(cfg, "hf_hub_id", None) or None
+
+
+def pretrained_weights(backbone: str) -> Path | None:
+    """The cached file of the backbone's pretrained weights, fetched into the cache now if the hub is reachable
+    (so trials load them offline); None when timm has no hub weights for it (it trains from scratch)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from timm.models._hub import hf_split
+
+    repo = hub_id(backbone)
+    if repo is None:
+        return None
+    repo_id, revision = hf_split(repo)
+    reason = "not found"
+    for filename in ("model.safetensors", "pytorch_model.bin"):  # timm's own order (safetensors first)
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=revision))
+        except LocalEntryNotFoundError as exc:  # offline, or the hub unreachable, and not in the cache
+            reason = str(exc).splitlines()[0]
+        except EntryNotFoundError:  # the hub has no file of that name: try the next
+            continue
+        except Exception as exc:  # noqa: BLE001 - HTTP errors (gated repo, server error) say why in one line
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    offline = " (HF_HUB_OFFLINE is set: only the cache is read)" if constants.HF_HUB_OFFLINE else ""
+    raise PretrainedError(
+        f"pretrained: true: the weights of {backbone} ({repo}) are neither in the Hugging Face cache "
+        f"{constants.HF_HUB_CACHE} nor reachable{offline}: {reason}. Fetch them once on a machine online with "
+        f"HF_HOME pointing at a cache the search can read, or pass --weights {backbone}=FILE")
 
 
 def _existing(path: str) -> Path:

@@ -1,10 +1,13 @@
 """The model registry: log the search's best model to MLflow, register it, and load registered models back.
 
-The model is logged with `mlflow.pytorch.log_model(serialization_format="pickle")`: MLflow 3's default `pt2`
-(torch.export) format reloads as a module that Grad-CAM cannot hook. Pickle runs code when loaded, so the same
-model folder also carries the weights-only checkpoint (`extra_files/model.pt`: state dict + backbone, image
-size, classes); `load_model` rebuilds the network from it with `torch.load(weights_only=True)` and only falls
-back to the pickle for a model logged without it. Class names and preprocessing are in the MLmodel metadata.
+A registered version is one model folder with two flavors (tune_ct.registry.serving): the pyfunc that
+`mlflow models serve` runs on films, whose artifacts are the weights-only checkpoint (`artifacts/model.pt`:
+state dict + backbone, image size, classes), the lung segmenter of a lung-crop model (`artifacts/lungs.pt`) and
+the ONNX export when it passed its check (`artifacts/model.onnx`, tag `tune_ct.onnx`); and MLflow's pytorch
+flavor in pickle format (MLflow 3's default `pt2` reloads as a module that Grad-CAM cannot hook). Pickle runs
+code when loaded, so `load_model` rebuilds the network from model.pt with `torch.load(weights_only=True)` -- in
+artifacts/, or in extra_files/ for versions registered before the pyfunc -- and only falls back to the pickle for
+a model logged without either. Class names and preprocessing are in the MLmodel metadata.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from tune_ct.data.files import CLASSES
 from tune_ct.model.augment import MEAN, STD, to_model_input
 from tune_ct.model.checkpoint import CHECKPOINT_FILE, load_checkpoint_model, save_weights
 from tune_ct.model.preprocess import Preprocessing
+from tune_ct.registry.onnx_export import ONNX_FILE
 
 DEFAULT_REGISTER_NAME = "cxr-classifier"
 WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder (see WEIGHTS_DIRS)
@@ -138,15 +142,15 @@ def _local_model_dir(uri: str, tracking_uri: str) -> Path:
 
 
 def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
-    """A model in eval mode and its metadata (classes, backbone, image_size, preprocessing, ...), from a
-    `models:/` / `runs:/` URI or a trial checkpoint folder or file."""
+    """A model in eval mode and its metadata (classes, backbone, image_size, preprocessing, ..., `onnx_file`: the
+    local ONNX export or None), from a `models:/` / `runs:/` URI or a trial checkpoint folder or file."""
     if "://" not in ref and ":/" not in ref:
         path = Path(ref).expanduser()
         if not path.exists():
             raise ModelLoadError(f"{ref}: no such checkpoint; pass a checkpoint folder (with {WEIGHTS_FILE}) or a "
                                  "model URI such as models:/cxr-classifier@champion")
         model, saved = load_checkpoint_model(path)
-        return model, model_metadata(saved, {"uri": str(path.resolve())})
+        return model, model_metadata(saved, {"uri": str(path.resolve()), "onnx_file": None})
     folder = _local_model_dir(ref, tracking_uri)
     from mlflow.models import Model
 
@@ -154,8 +158,8 @@ def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
         meta = dict(Model.load(str(folder)).metadata or {})
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a folder that is not a model
         raise ModelLoadError(f"{ref} is not an MLflow model ({exc})") from exc
-    weights = folder / "extra_files" / WEIGHTS_FILE
-    if weights.is_file():
+    weights = next((folder / d / WEIGHTS_FILE for d in WEIGHTS_DIRS if (folder / d / WEIGHTS_FILE).is_file()), None)
+    if weights is not None:
         model, saved = load_checkpoint_model(weights)  # weights-only: never runs code from the store
         meta = {**meta, **model_metadata(saved, folder=folder)}
     else:
@@ -165,6 +169,8 @@ def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
             raise ModelLoadError(f"{ref} carries neither {WEIGHTS_FILE} nor image_size metadata: not a tune_ct model")
         model = mlflow.pytorch.load_model(str(folder), map_location="cpu")  # pickle: trusted stores only
         model.eval()
+    onnx_file = folder / ARTIFACTS_DIR / ONNX_FILE
+    meta["onnx_file"] = str(onnx_file) if onnx_file.is_file() else None
     if list(meta.get("classes", CLASSES)) != list(CLASSES):
         raise ModelLoadError(f"{ref} predicts classes {meta.get('classes')}, expected {list(CLASSES)}")
     meta["uri"] = ref

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import torch
 
 from tune_ct.data.cache import PerFilm
@@ -122,7 +123,7 @@ def load_served(artifacts: dict[str, str], settings: ServingSettings) -> Served:
     return Served(int(saved["image_size"]), per_film(film), network, runtime)
 
 
-def films_from_frame(frame) -> tuple[list[Prediction], list[np.ndarray | None]]:
+def films_from_frame(frame: pd.DataFrame) -> tuple[list[Prediction], list[np.ndarray | None]]:
     """The request's rows (`image`: base64 film bytes, optional `name`) decoded one by one."""
     names = frame["name"] if "name" in frame.columns else [None] * len(frame)
     preds, images = [], []
@@ -140,10 +141,8 @@ def films_from_frame(frame) -> tuple[list[Prediction], list[np.ndarray | None]]:
     return preds, images
 
 
-def to_frame(preds: list[Prediction]):
+def to_frame(preds: list[Prediction]) -> pd.DataFrame:
     """One row per film; object columns so that an error row's missing values are JSON null, not NaN."""
-    import pandas as pd
-
     rows = [[p.probabilities.get(c) for c in CLASSES] + [p.predicted, p.error] for p in preds]
     return pd.DataFrame(rows, columns=OUTPUT_COLUMNS, dtype=object)
 
@@ -154,7 +153,7 @@ class FilmClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.served = load_served(dict(context.artifacts), ServingSettings.parse(context.model_config, os.environ))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         preds, images = films_from_frame(model_input)
         served = self.served
         classify(preds, images, served.image_size, served.network, served.films)
@@ -171,9 +170,8 @@ def film_signature():
     return ModelSignature(inputs, outputs)
 
 
-def input_example(film: np.ndarray):
+def input_example(film: np.ndarray) -> pd.DataFrame:
     """A request of one film (PNG, base64): MLflow stores it with the model and serves it once at logging."""
-    import pandas as pd
     from PIL import Image
 
     buf = io.BytesIO()
@@ -219,6 +217,6 @@ def log_film_model(network: torch.nn.Module, artifacts: dict[str, str], extra_fi
     from mlflow.models import Model
 
     # This module is the flavor: Model.log calls its save_model with the folder to fill.
-    return Model.log(name="model", flavor=sys.modules[__name__], flavor_name="tune_ct", metadata=metadata,
+    return Model.log(None, name="model", flavor=sys.modules[__name__], flavor_name="tune_ct", metadata=metadata,
                      registered_model_name=register_name or None, network=network, artifacts=artifacts,
                      extra_files=extra_files, example=example, pip_requirements=pip_requirements)

@@ -130,7 +130,7 @@ class TrialTable(Callback):
         self._state = TableState()
         total = info.get("total_num_samples")
         self._write(f"\ntrials{f' ({total})' if total else ''}: best = best {self.metric} so far (val split)")
-        self._write(format_row(tuple(c if c != "best" else "best" for c in COLUMNS)))
+        self._write(format_row(COLUMNS))
 
     def _row(self, trial) -> TrialRow:
         if trial.trial_id not in self._state.rows:
@@ -149,7 +149,8 @@ class TrialTable(Callback):
         if isinstance(value, (int, float)) and (row.best is None or (value > row.best if self.mode == "max"
                                                                      else value < row.best)):
             row.best = float(value)
-        self._show(row)
+        if row.epoch < row.epochs:  # the last epoch's row is the DONE row that follows at once
+            self._show(row)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)

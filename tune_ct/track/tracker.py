@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
 
+from tune_ct.track.console import stop_reason
 from tune_ct.track.figures import plot_confusion_matrix
 from tune_ct.track.runs import flat_params
 
@@ -45,8 +46,13 @@ class TrialTracker(Callback):
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 retry_every_s: float = 15.0, final_retries: int = 4, time_budget_s: float | None = None):
+                 retry_every_s: float = 15.0, final_retries: int = 4, time_budget_s: float | None = None,
+                 inputs: tuple = (), system_metrics_of: str | None = None):
         self.tracking_uri = tracking_uri
+        self.inputs = tuple(inputs)  # SplitInput (train, val): every child run's MLflow dataset inputs
+        self.system_metrics_of = system_metrics_of  # the run name whose SystemSink holds the trials' samples
+        self._system_steps: dict[str, int] = {}  # trial id -> samples logged (their step)
+        self._last_drain = 0.0
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.max_epochs = max_epochs
@@ -67,6 +73,11 @@ class TrialTracker(Callback):
         state = dict(self.__dict__)
         state.update(_client=None, _pending=[])
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        # A search started by an older tune_ct pickled a tracker without the newer attributes.
+        self.__dict__.update({"inputs": (), "system_metrics_of": None, "_system_steps": {}, "_last_drain": 0.0,
+                              **state})
 
     def _log(self, what: str, fn: Callable[[], None]) -> None:
         """Run a log call now, or queue it (in order) while the server is unreachable."""
@@ -100,6 +111,8 @@ class TrialTracker(Callback):
         return True
 
     def on_experiment_end(self, trials, **info):
+        time.sleep(0.5)  # the last samples of the last trials are pushed as their functions return
+        self._log_system_metrics(every_s=0.0)
         for attempt in range(self.final_retries):
             if self._flush():
                 break
@@ -138,6 +151,10 @@ class TrialTracker(Callback):
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=flat_params(config))
+            if self.inputs:
+                from tune_ct.track.datasets import log_inputs
+
+                log_inputs(self.client, run_id, self.inputs)
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.runs[trial.trial_id] = run_id
@@ -161,6 +178,30 @@ class TrialTracker(Callback):
             self.client.log_batch(run_id, metrics=metrics)
 
         self._log(f"trial {trial.trial_id} epoch {step} metrics", log)
+        self._log_system_metrics()
+
+    def _log_system_metrics(self, every_s: float = 10.0) -> None:
+        """The trials' system samples that reached the sink, each in its trial's run (step = sample number)."""
+        if not self.system_metrics_of or time.monotonic() - self._last_drain < every_s:
+            return
+        from tune_ct.track.system import drain
+
+        self._last_drain = time.monotonic()
+        by_run: dict[str, list[Metric]] = {}
+        for trial_id, sample in drain(self.system_metrics_of):
+            run_id = self.runs.get(trial_id)
+            if run_id is None:
+                continue
+            step = self._system_steps.get(trial_id, 0)
+            self._system_steps[trial_id] = step + 1
+            stamp = int(sample.pop("time") * 1000)
+            by_run.setdefault(run_id, []).extend(Metric(k, float(v), stamp, step) for k, v in sample.items())
+        for run_id, metrics in by_run.items():
+            self._log(f"system metrics of run {run_id}",
+                      lambda run_id=run_id, metrics=metrics: self.client.log_batch(run_id, metrics=metrics))
+
+    def on_step_end(self, iteration, trials, **info):
+        self._log_system_metrics()
 
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
         result = dict(trial.last_result or {})  # copied now: a queued close must log this trial's last result
@@ -185,11 +226,8 @@ class TrialTracker(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs_run = int((trial.last_result or {}).get("epoch", 0))
-        stopped = epochs_run < int(trial.config.get("epochs", self.max_epochs))
-        reason = "no"
-        if stopped:
-            out_of_time = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s
-            reason = "time_budget" if out_of_time else "asha"
+        out_of_time = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s
+        reason = stop_reason(epochs_run, int(trial.config.get("epochs", self.max_epochs)), out_of_time)
         if reason == "time_budget":
             self.stopped_by_time_budget.append(trial.trial_id)
         self._close(trial, RunStatus.to_string(RunStatus.FINISHED), {
@@ -202,11 +240,11 @@ class TrialTracker(Callback):
         self._close(trial, RunStatus.to_string(RunStatus.FAILED), {"error": reason})
 
     def get_state(self) -> dict:
-        return {"runs": dict(self.runs)}
+        return {"runs": dict(self.runs), "system_steps": dict(self._system_steps)}
 
     def set_state(self, state: dict) -> None:
         self.runs.update(state.get("runs", {}))
-
+        self._system_steps.update(state.get("system_steps", {}))
 
 
 def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:

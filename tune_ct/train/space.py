@@ -42,6 +42,7 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 # name -> (type, low, high, default). Bounds are inclusive; None means unbounded on that side.
 PARAMS: dict[str, tuple[type, float | None, float | None, Any]] = {
     "backbone": (str, None, None, "baseline_cnn"),
+    "pretrained": (bool, None, None, False),  # timm's weights via the Hugging Face hub/cache; --weights wins
     "image_size": (int, 32, 1024, 128),
     "lr": (float, 1e-7, 1.0, 1e-3),
     "weight_decay": (float, 0.0, 1.0, 1e-4),

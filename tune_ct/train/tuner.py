@@ -79,19 +79,24 @@ def build_scheduler(kind: str, max_epochs: int, grace_period: int, reduction_fac
                          reduction_factor=reduction_factor)
 
 
-def trainable(settings: RunSettings, runner: str):
+def trainable(settings: RunSettings, runner: str, sampled_as: str | None = None, sample_every_s: float = 5.0):
     """The trial function with the resources Tune reserves for it: the whole trial for `actor`; for `train` only
-    its driver, the Train workers reserving their own."""
+    its driver, the Train workers reserving their own. `sampled_as`: the run name whose SystemSink receives the
+    trial process's system metrics (tune_ct.track.system)."""
     from ray import tune
+
+    from tune_ct.track.system import with_system_metrics
 
     if runner == "actor":
         from tune_ct.train.actor import actor_trial
 
+        fn = with_system_metrics(actor_trial, sampled_as, sample_every_s, True) if sampled_as else actor_trial
         resources = {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
-        return tune.with_resources(tune.with_parameters(actor_trial, run=settings), resources)
+        return tune.with_resources(tune.with_parameters(fn, run=settings), resources)
     from tune_ct.train.trial import TRIAL_DRIVER_CPU, tune_trial
 
-    return tune.with_resources(tune.with_parameters(tune_trial, run=settings), {"cpu": TRIAL_DRIVER_CPU})
+    fn = with_system_metrics(tune_trial, sampled_as, sample_every_s, False) if sampled_as else tune_trial
+    return tune.with_resources(tune.with_parameters(fn, run=settings), {"cpu": TRIAL_DRIVER_CPU})
 
 
 def uses_study(kind: str, space: Space) -> bool:
@@ -118,9 +123,9 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         run_config=tune.RunConfig(
             name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=1),
-            # 0: Tune's engine prints nothing (the trial table is a callback); verbose: its default output too.
-            # Each trial's stdout/stderr also goes to files in its folder under the storage.
-            verbose=None if plan.verbose else 0, log_to_file=True,
+            # 0: Tune prints nothing (the trial table is a callback, tune_ct.track.console); verbose: its default
+            # output too. (log_to_file is left off: with reused actors Ray 2.60 flushes a closed log file and warns.)
+            verbose=None if plan.verbose else 0,
             # Keep the best epoch (what the search picks) and not only the newest ones (actor runner; the train
             # runner keeps its checkpoints in each Train run with the same rule).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
