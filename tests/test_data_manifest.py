@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import csv
 import shutil
 from pathlib import Path
@@ -80,7 +82,8 @@ def test_split_survives_rerun_and_added_images(data_dir, tmp_path):
         assert len({e.split for e in g}) == 1
 
 
-def test_changed_or_missing_test_image_is_reported_on_every_run(data_dir, tmp_path, capsys):
+def test_changed_or_missing_test_image_is_reported_on_every_run(data_dir, tmp_path, caplog):
+    """Reported as a warning through logging (the commands show tune_ct's warnings on stderr)."""
     root = make_small_dataset(data_dir, tmp_path / "ds", per_class=8)
     path = tmp_path / "m.json"
     first, _ = mf.build(root, path)
@@ -89,18 +92,21 @@ def test_changed_or_missing_test_image_is_reported_on_every_run(data_dir, tmp_pa
     other = data_dir / "Normal" / "images" / "Normal-999.png"
     shutil.copyfile(other, root / changed.file)  # different pixels under the same name
     (root / missing.file).unlink()
-    capsys.readouterr()
+    caplog.clear()
 
-    second, report = mf.build(root, path)
+    with caplog.at_level(logging.WARNING, logger="tune_ct"):
+        second, report = mf.build(root, path)
     assert report.test_changed == [changed.file] and report.test_missing == [missing.file]
-    err = capsys.readouterr().err
-    assert "WARNING" in err and changed.file in err and missing.file in err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert "locked test split" in err and changed.file in err and missing.file in err
     assert by_file(second)[changed.file].split == "test"  # a changed test file never moves to training
 
-    third, report = mf.build(root, path)  # the lock remembers: still loud on the next run
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tune_ct"):
+        third, report = mf.build(root, path)  # the lock remembers: still loud on the next run
     assert not report.test_changed and not report.test_missing
     assert {x["file"]: x["reason"] for x in third.lost_test} == {changed.file: "changed", missing.file: "missing"}
-    assert "WARNING" in capsys.readouterr().err
+    assert any("locked test split" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
 
 
 def test_split_is_stratified_by_class_and_origin(data_dir, tmp_path):

@@ -45,6 +45,15 @@ def check_tracking(client: MlflowClient, summary: dict, trials: int) -> None:
     assert parent.data.tags["tune_ct.manifest_hash"] == summary["manifest_hash"]
     assert parent.data.tags["tune_ct.space_file"].endswith(".yaml") and parent.data.tags["tune_ct.code_version"]
     assert 0.0 <= parent.data.metrics["test_macro_f1"] <= 1.0
+    # The data as MLflow dataset inputs (digest = the manifest hash); the test split only on the parent run.
+    contexts = {d.tags[0].value: d.dataset for d in parent.inputs.dataset_inputs}
+    assert set(contexts) == {"train", "val", "test"}
+    assert {d.digest for d in contexts.values()} == {summary["manifest_hash"]}
+    assert json.loads(contexts["test"].profile)["num_films"] == summary["test_metrics"]["n"]
+    # The description MLflow's UI shows first: the winner's figures with their splits named.
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"best trial {summary['best_trial_id']}" in note and "locked test split" in note
+    assert f"| macro-F1 | {summary['val_metrics']['val_macro_f1']:.3f} | {summary['test_metrics']['macro_f1']:.3f} |" in note
 
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
@@ -62,6 +71,9 @@ def check_tracking(client: MlflowClient, summary: dict, trials: int) -> None:
         assert child.data.metrics["time_compute_s"] > 0 and child.data.metrics["train_images_per_s"] > 0
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert "val_confusion_matrix.png" in names
+        assert sorted(d.tags[0].value for d in child.inputs.dataset_inputs) == ["train", "val"]  # never test
+        # System metrics sampled in the trial's process, in MLflow's System metrics tab (system/ names).
+        assert client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage"), child.data.metrics
 
 
 def check_test_split_never_reached_a_trial(tmp_path: Path, summary: dict) -> None:
@@ -91,12 +103,17 @@ def check_registered_and_report(tmp_path: Path, summary: dict, tracking_uri: str
     client = MlflowClient(tracking_uri)
     version = client.get_model_version(name, str(summary["registered_version"]))
     assert version.run_id == summary["parent_run_id"]
+    test = summary["test_metrics"]
+    assert f"Locked test split (n={test['n']})" in version.description
+    assert f"macro-F1 {test['macro_f1']:.3f}" in version.description
+    # The Optuna study's plots, drawn at the end of the search, on the parent run.
+    optuna_plots = {a.path for a in client.list_artifacts(summary["parent_run_id"], "optuna")}
+    assert "optuna/optuna_history.png" in optuna_plots and summary["optuna_study"]
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "tune_ct.report", "--experiment", "e2e", "--out", str(out),
                            "--tracking-uri", tracking_uri], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (out / "report.md").read_text()
-    test = summary["test_metrics"]
     # The figures come from this search's locked-test evaluation, and every picture it links exists.
     assert f"Best model on the locked test split (n={test['n']})" in text
     assert f"| macro_f1 | {test['macro_f1']:.3f} |" in text
@@ -130,6 +147,7 @@ def test_search_embedded_defaults_one_ddp_trial_at_a_time(tmp_path, data_dir):
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(space))
     summary = search(tmp_path, data_dir, "--max-concurrent", "1", "--num-samples", "2", space=tmp_path / "ddp.yaml")
     assert summary["best_config"]["lr"] == 3.0e-3 and summary["best_config"]["batch_size"] == 8
+    assert summary["optuna_study"] is None and not (tmp_path / "optuna.db").exists()  # nothing to sample: no study
     assert (tmp_path / "mlflow.db").is_file() and any((tmp_path / "mlartifacts").rglob("*.png"))
     check_summary(summary)
     check_tracking(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), summary, trials=2)

@@ -25,7 +25,6 @@ from tune_ct.registry.onnx_export import onnx_network, onnx_session
 from tune_ct.registry.predict import Network, Prediction, predict_files, torch_network
 from tune_ct.track.uri import resolve_tracking_uri
 
-
 RUNTIMES = ("torch", "onnx")
 
 
@@ -37,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--gradcam", type=Path, metavar="OUTDIR", help="write Grad-CAM overlays here (PyTorch, whatever "
                    "--runtime computes the probabilities)")
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
-                   help="what computes the probabilities: eager PyTorch (default) or the ONNX export under ONNX Runtime")
+                   help="what computes the probabilities: eager PyTorch (default) or the ONNX export (ONNX Runtime)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="intra-op threads of the runtime (default 0: the runtime's own default)")
     add_tracking_arg(p)

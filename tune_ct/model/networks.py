@@ -71,7 +71,10 @@ def build_model(backbone: str, image_size: int, weights: str | None = None, pret
     wins over `pretrained` (timm's weights for the backbone, from the Hugging Face cache or hub)."""
     if not timm.is_model(backbone):
         raise ValueError(f"unknown backbone {backbone!r}: use {BASELINE} or a timm model name (timm.list_models())")
-    overlay = {"input_size": (1, image_size, image_size)}
+    # input_size sets the image size (baseline_cnn's dense layer depends on it); its channel count is the
+    # *source* weights' (3 for ImageNet weights, 1 for baseline_cnn), which timm checks before it adapts the
+    # first conv to our one channel.
+    overlay = {"input_size": (_source_channels(backbone), image_size, image_size)}
     if weights:
         # timm adapts the first conv to 1 channel and drops a mismatched classifier when loading pretrained
         # weights; the overlay points it at the local file so it never reaches for a model hub.
@@ -79,6 +82,13 @@ def build_model(backbone: str, image_size: int, weights: str | None = None, pret
     # A backbone without published weights (baseline_cnn) trains from scratch: timm warns and initialises it.
     return timm.create_model(backbone, pretrained=bool(weights) or pretrained, in_chans=1, num_classes=len(CLASSES),
                              pretrained_cfg_overlay=overlay)
+
+
+def _source_channels(backbone: str) -> int:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(backbone)
+    return int((getattr(cfg, "input_size", None) or (3,))[0])
 
 
 class PretrainedError(ValueError):

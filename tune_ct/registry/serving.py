@@ -50,6 +50,8 @@ WEIGHTS, SEGMENTER, ONNX = "weights", "lungs", "onnx"  # the pyfunc's artifact n
 RUNTIME_ENV, THREADS_ENV = "TUNE_CT_RUNTIME", "TUNE_CT_THREADS"
 RUNTIMES = ("auto", "torch", "onnx")
 OUTPUT_COLUMNS = [*CLASSES, "predicted", "error"]
+# Logged with the model: MLflow lets load_model(model_config=...) override only keys the model was logged with.
+MODEL_CONFIG = {"runtime": None, "threads": None}
 
 
 class ServingError(RuntimeError):
@@ -62,14 +64,16 @@ class ServingSettings:
     threads: int = 0  # intra-op threads; 0: the runtime's default
 
     @classmethod
-    def parse(cls, model_config: dict | None, env: dict[str, str]) -> "ServingSettings":
-        """model_config keys win over the environment (an explicit load beats the server's environment)."""
+    def parse(cls, model_config: dict | None, env: dict[str, str]) -> ServingSettings:
+        """A model_config value (given at load) wins over the environment; None (as logged) defers to it."""
         config = model_config or {}
-        runtime = str(config.get("runtime", env.get(RUNTIME_ENV, "auto"))).strip().lower()
+        runtime = config.get("runtime")
+        runtime = str(env.get(RUNTIME_ENV, "auto") if runtime is None else runtime).strip().lower()
         if runtime not in RUNTIMES:
             raise ServingError(f"{RUNTIME_ENV} / model_config 'runtime' must be one of {', '.join(RUNTIMES)}, "
                                f"got {runtime!r}")
-        raw = config.get("threads", env.get(THREADS_ENV, "0"))
+        raw = config.get("threads")
+        raw = env.get(THREADS_ENV, "0") if raw is None else raw
         try:
             threads = int(str(raw).strip() or 0)
         except ValueError:
@@ -185,7 +189,7 @@ def save_model(path: str, mlflow_model, network: torch.nn.Module, artifacts: dic
     added to the same folder and MLmodel."""
     mlflow.pyfunc.save_model(path, mlflow_model=mlflow_model, python_model=str(ENTRY), artifacts=artifacts,
                              signature=film_signature(), input_example=input_example(np.asarray(example)[0]),
-                             pip_requirements=pip_requirements, **kwargs)
+                             pip_requirements=pip_requirements, model_config=MODEL_CONFIG, **kwargs)
     add_pytorch_flavor(Path(path), mlflow_model, network, extra_files, pip_requirements)
 
 

@@ -3,8 +3,8 @@ by default `sqlite:///optuna.db` in the working folder beside `mlflow.db`, so `o
 search live and the report reads the study itself instead of rebuilding it from MLflow runs.
 
 Optuna records for each trial the value of the space's metric in the trial's *last* report (Ray's OptunaSearch
-tells Optuna the last result when a trial ends: the last epoch it ran, also for a trial ASHA stopped), and every
-epoch's value as an intermediate value (step = Tune's training iteration).
+tells Optuna the last result when a trial ends: the last epoch it ran, also for a trial ASHA stopped), not its
+best epoch; the epochs reported before the end are its intermediate values (step = Tune's training iteration).
 """
 
 from __future__ import annotations

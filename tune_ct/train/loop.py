@@ -150,7 +150,8 @@ def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
     train_idx, val_idx = data.indices("train"), data.indices("val")
 
     torch.manual_seed(run.seed)
-    model = build_model(hp["backbone"], size, run.weights.get(hp["backbone"])).to(memory_format=torch.channels_last)
+    model = build_model(hp["backbone"], size, run.weights.get(hp["backbone"]), bool(hp.get("pretrained", False)))
+    model = model.to(memory_format=torch.channels_last)
     model = ctx.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
     steps = steps_per_epoch(len(train_idx) // ctx.world_size, int(hp["batch_size"]))  # each rank's equal shard
