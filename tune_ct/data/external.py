@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_ct.data.files import CLASSES, IMAGE_EXTENSIONS, DataError, RejectedImage, class_for_folder, decode_file, \
-    pixel_sha
+    pixel_sha, walk_files
 
 EXTERNAL_SPLIT = "external"
 # The name goes into MLflow tag keys (tune_ct.external.<name>.macro_f1) and gates files: keep it plain.
@@ -100,21 +100,9 @@ def _place(parts: tuple[str, ...], name: str) -> tuple[str | None, str | None]:
     return None, f"in sub-folder {'/'.join(parts[1:])!r} (only <class>/ and <class>/images/ are read)"
 
 
-def _walk(root: Path):
-    """(path parts below root, file name) of every file, in a stable order; an unreadable folder stops the run."""
-    def unreadable(exc: OSError) -> None:
-        raise DataError(f"cannot read folder {exc.filename}: {exc.strerror}; fix its permissions and re-run")
-
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
-        dirnames.sort()
-        parts = Path(dirpath).relative_to(root).parts
-        for name in sorted(filenames):
-            yield parts, name
-
-
 def _from_folders(root: Path) -> tuple[list[tuple[str, str, str]], list[Skipped]]:
     candidates, ignored = [], []
-    for parts, name in _walk(root):
+    for parts, name in walk_files(root):
         rel = "/".join((*parts, name))
         label, why = _place(parts, name)
         if label:
@@ -166,7 +154,7 @@ def _from_labels(path: Path, root: Path) -> tuple[list[tuple[str, str, str]], li
 def _unlisted(root: Path, labels: Path, listed: set[str]) -> list[Skipped]:
     """Files in the folder that the labels CSV does not name: listed, so a film left out of the CSV is seen."""
     out = []
-    for parts, name in _walk(root):
+    for parts, name in walk_files(root):
         path = os.path.normpath(root.joinpath(*parts, name))
         if path not in listed and path != os.path.normpath(labels.resolve()):
             out.append(Skipped("/".join((*parts, name)), f"not listed in {labels.name}"))

@@ -76,12 +76,8 @@ def _is_candidate(parts: tuple[str, ...], name: str) -> str | None:
     return None  # masks/ and any other sub-folder
 
 
-def scan(root: Path) -> Scan:
-    """List every file under root as a class image or as ignored; errors when nothing usable is there."""
-    root = Path(root)
-    result = Scan(root=root)
-    found: dict[str, int] = {c: 0 for c in CLASSES}
-
+def walk_files(root: Path):
+    """(path parts below root, file name) of every file, in a stable order; an unreadable folder stops the run."""
     def unreadable(exc: OSError) -> None:
         # os.walk skips unreadable folders silently by default; a skipped folder would drop images unseen.
         raise DataError(f"cannot read folder {exc.filename}: {exc.strerror}; fix its permissions and re-run")
@@ -90,13 +86,23 @@ def scan(root: Path) -> Scan:
         dirnames.sort()
         parts = Path(dirpath).relative_to(root).parts
         for name in sorted(filenames):
-            rel = "/".join((*parts, name))
-            label = _is_candidate(parts, name)
-            if label:
-                result.images.append((rel, label))
-                found[label] += 1
-            else:
-                result.ignored.append(rel)
+            yield parts, name
+
+
+def scan(root: Path) -> Scan:
+    """List every file under root as a class image or as ignored; errors when nothing usable is there."""
+    root = Path(root)
+    result = Scan(root=root)
+    found: dict[str, int] = {c: 0 for c in CLASSES}
+
+    for parts, name in walk_files(root):
+        rel = "/".join((*parts, name))
+        label = _is_candidate(parts, name)
+        if label:
+            result.images.append((rel, label))
+            found[label] += 1
+        else:
+            result.ignored.append(rel)
     if not result.images:
         raise DataError(
             f"no images found in {root}: expected <class>/images/*.png for classes {', '.join(CLASSES)} "
