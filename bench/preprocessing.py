@@ -1,32 +1,38 @@
 """Shortcut resistance: film preprocessing (CLAHE, crop to the lungs) and selecting on films from another source.
 
     python bench/preprocessing.py --data DIR --sources sources.csv --out /tmp/prep \
-        [--variants none-false clahe-false none-true clahe-true] [--skip-loo] [--skip-selection] \
-        [--selection-metrics val_macro_f1 ext_val_macro_f1] [--trials 6] [--epochs 3] \
-        [--json bench/results/preprocessing.json]
+        [--variants none-false clahe-false none-true clahe-true] [--skip-loo] [--loo VARIANT ...] \
+        [--skip-selection] [--selection-search val_macro_f1] \
+        [--selection-metrics val_macro_f1 ext_val_macro_f1 blend_macro_f1] [--rerun-metrics ext_val_macro_f1] \
+        [--trials 6] [--epochs 2] [--json bench/results/preprocessing.json]
 
 Everything runs through the product's commands (`python -m tune_ct.search`, `python -m tune_ct.origins`), with
-one fixed configuration (the earlier leave-one-origin-out one: baseline_cnn, 64 px, 3 epochs, batch 64, lr 1.5e-3,
-wd 1e-4, rotation 6 deg, crop scale >= 0.9), one shared --workdir (one manifest, one locked split, shared caches
-and one lung segmenter) and its own MLflow SQLite store, all under --out.
+one fixed configuration (the earlier leave-one-origin-out one at 2 epochs instead of 3: baseline_cnn, 64 px,
+batch 64, lr 1.5e-3, wd 1e-4, rotation 6 deg, crop scale >= 0.9), one shared --workdir (one manifest, one locked
+split, shared caches and one lung segmenter) and its own MLflow SQLite store, all under --out.
 
 1. Preprocessing: one one-trial search per variant (equalize x lung_crop). Per variant: locked-test macro-F1 with
    the summary's bootstrap CI, per-class recall, the product's lung focus vs its even-spread baseline, and from the
-   same model (evaluated again here with the product's functions) the kermany-pediatric Normal recall and a lung
-   focus whose masks are cropped like the films (see `aligned_lung_focus`). Then `tune_ct.origins --holdout
-   kermany-pediatric` for the baseline and the crop variant with the best *val* macro-F1 (never chosen on test).
+   same model (evaluated again here with the product's functions) the kermany-pediatric Normal recall, the other
+   origins' macro-F1 and a lung focus whose masks are cropped like the films (see `aligned_lung_focus`); paired
+   bootstrap differences against the first variant. Then `tune_ct.origins --holdout kermany-pediatric` for the
+   first variant and the crop variant with the best *val* macro-F1 (never chosen on test), each in its own storage.
 2. Selection: this database has one origin that spans two classes (kermany-pediatric: paediatric Normal and all
    Viral Pneumonia). Half of its Normal films of the train/val splits (whole duplicate groups, seeded, half of
    each split) are taken out of a derived dataset folder (symlinks under --out; every test film stays, and a
-   copy of the shared manifest seeds its own workdir, so the locked test split is the same films) and handed to
-   --select-on as `Normal/*.png`. The same small search (TPE + ASHA, same seed: TPE's first 10 trials are seeded
-   random draws, so both searches sample the same configurations) runs once per --selection-metrics value; the
-   winners are compared on the locked test split.
+   copy of the shared manifest seeds its own workdir; the script checks the locked test split is the same films)
+   and handed to --select-on as `Normal/*.png`. One search (--selection-search, `--scheduler none`, <= 2 epochs so
+   the product keeps every epoch's checkpoint) runs with --select-on, so every trial reports val and ext_val
+   figures; the winner each of --selection-metrics would pick among those trials (the product's rule, checked
+   against the product's own pick) is tested on the locked test split. TPE's first 10 trials are seeded random
+   draws, so a search with another metric samples the same configurations: --rerun-metrics runs such searches to
+   confirm the choice.
    What the held-out set is: films of a source the model *does* train on (the other half of kermany Normal), with
    one class only: ext_val_macro_f1 on it is 2R/(1+R) of its Normal recall R, i.e. "how many of these children's
    normal films it calls Normal". It is not another hospital.
 
-A finished step is not re-run when its summary JSON is already under --out (delete it to re-run).
+A finished step is not re-run when its summary JSON is already under --out (delete it to re-run); --json keeps
+what earlier invocations measured.
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def run_cmd(cmd: list[str], log: Path, cwd: Path) -> float:
     with open(log, "w") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
-        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd).returncode
+        rc = subprocess.run(cmd, check=False, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd).returncode
     seconds = round(time.monotonic() - started, 1)
     if rc != 0:
         tail = "".join(log.read_text().splitlines(True)[-15:])
@@ -267,7 +273,7 @@ def run_variant(args, name: str, common: list[str]) -> dict:
     if new_segmenters:
         from tune_ct.model.lungs import load_segmenter
 
-        path = sorted(new_segmenters)[0]
+        path = min(new_segmenters)
         out["segmenter_trained"] = {"file": str(path), **load_segmenter(path)[1]}
     record.write_text(json.dumps(out, indent=1, default=str))
     return out
@@ -292,6 +298,9 @@ def variant_row(summary: dict, extra: dict) -> dict:
 
 
 def run_loo(args, name: str) -> dict:
+    """`tune_ct.origins` names its two Ray Train runs origins-<holdout>-<model> whatever the configuration, and Ray
+    Train resumes a run whose name it finds under --storage: a second LOO in the same storage would get the first
+    one's models back (see BENCHMARKS.md). Each LOO therefore gets its own storage folder."""
     out_json = args.out / f"loo_{name}.json"
     record = args.out / f"loo_{name}.run.json"
     if out_json.exists() and record.exists():
@@ -301,7 +310,7 @@ def run_loo(args, name: str) -> dict:
                                                f"bench/preprocessing.py LOO {name}"), sort_keys=False))
     seconds = run_cmd([sys.executable, "-m", "tune_ct.origins", "--data", str(args.data), "--sources",
                        str(args.sources), "--workdir", str(args.workdir), "--holdout", HOLDOUT, "--config",
-                       str(config), "--storage", str(args.out / "ray_results"), "--json", str(out_json)],
+                       str(config), "--storage", str(args.out / f"ray_results_loo_{name}"), "--json", str(out_json)],
                       args.out / f"loo_{name}.log", args.out)
     record.write_text(json.dumps({"variant": name, "command_seconds": seconds}))
     return {"variant": name, "command_seconds": seconds, "result": json.loads(out_json.read_text())}

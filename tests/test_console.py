@@ -91,6 +91,7 @@ def test_search_prints_a_compact_table_and_verbose_prints_more(tmp_path, data_di
     # What the default leaves out: Tune's boxed configs and results, Ray's INFO lines, worker output.
     assert "Configuration for experiment" not in out and "Trial status" not in out
     assert "(actor_trial pid=" not in out and "INFO worker.py" not in out
+    assert "TrainingReport(" not in out
     assert "locked test split" in out and f"Best trial {summary['best_trial_id']}" in out
 
     verbose_out, _ = run_search(verbose_dir, data_dir, "--verbose")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,10 +97,14 @@ def run_check(options: OriginsOptions) -> dict:
     test_subset = write_test_subset(prep.manifest, prep.root, data.workdir, data.limit_per_class, data.seed)
     segmenter = ensure_segmenter(prep, data.workdir, data.seed)[0] if options.hp.get("lung_crop") else None
     ray.init(address=options.address or "local")
+    started = time.strftime("%Y%m%d-%H%M%S")
     try:
         evaluations = {}
         for name, subset in subsets.items():
-            model, meta = load_checkpoint_model(train(options, subset, f"origins-{holdout}-{name}", segmenter))
+            # A new name per check: Ray Train resumes a run of the same name and storage, which would score the
+            # previous check's models under this check's configuration.
+            run_name = f"origins-{holdout}-{name}-{started}"
+            model, meta = load_checkpoint_model(train(options, subset, run_name, segmenter))
             evaluations[name] = evaluate_model(model, int(meta["image_size"]), test_subset, data.workdir / "cache",
                                                origins=origin_map(prep.manifest),
                                                preprocessing=Preprocessing.from_saved(meta))

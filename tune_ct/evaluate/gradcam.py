@@ -11,6 +11,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import torch
 from torch import nn
 
@@ -76,12 +77,17 @@ def mask_path(data_root: Path, file: str) -> Path:
     return Path(data_root) / parts[0] / "masks" / parts[-1]
 
 
-def load_mask(data_root: Path, file: str, size: int) -> np.ndarray | None:
-    """The lung mask of an image as a bool array at the image size, or None when the image has none."""
+def load_mask(data_root: Path, file: str, size: int, box=None) -> np.ndarray | None:
+    """The lung mask of an image as a bool array at the image size, or None when the image has none. `box`: the
+    crop a lung_crop model's input was cut with (a tune_ct.model.lungs.LungBox): the mask is cut the same way."""
     path = mask_path(data_root, file)
     if not path.is_file():
         return None
     mask, _ = decode_file(path)
+    if box is not None:
+        height, width = box.shape[:2]
+        top, left, bottom, right = box.box
+        mask = np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))[top:bottom, left:right]
     return resize(mask, size) >= 128
 
 
@@ -94,12 +100,13 @@ def lung_focus(cam: np.ndarray, mask: np.ndarray) -> float:
 
 
 def lung_focus_scores(data_root: Path, files: list[str], y_true: np.ndarray, cams: np.ndarray,
-                      split: str) -> dict:
-    """Mean / median lung-focus per true class on the images that have masks; classes without masks say so."""
+                      split: str, boxes: dict | None = None) -> dict:
+    """Mean / median lung-focus per true class on the images that have masks; classes without masks say so.
+    `boxes`: file -> the lung crop of a lung_crop model's input (masks are cut to match)."""
     size = cams.shape[-1]
     per_class: dict[str, list[float]] = {c: [] for c in CLASSES}
     for file, label, cam in zip(files, y_true, cams):
-        mask = load_mask(data_root, file, size)
+        mask = load_mask(data_root, file, size, (boxes or {}).get(file))
         if mask is not None and mask.any():
             value = lung_focus(cam, mask)
             if np.isfinite(value):
@@ -114,9 +121,9 @@ def lung_focus_scores(data_root: Path, files: list[str], y_true: np.ndarray, cam
     return out
 
 
-def mask_area_share(data_root: Path, files: list[str], size: int) -> float | None:
+def mask_area_share(data_root: Path, files: list[str], size: int, boxes: dict | None = None) -> float | None:
     """Mean share of the image inside the lung mask: the lung-focus score a CAM spread evenly would get."""
-    shares = [m.mean() for f in files if (m := load_mask(data_root, f, size)) is not None]
+    shares = [m.mean() for f in files if (m := load_mask(data_root, f, size, (boxes or {}).get(f))) is not None]
     return float(np.mean(shares)) if shares else None
 
 

@@ -74,8 +74,9 @@ def log_gradcam(client, parent_id: str, best: BestModel, data_root: Path, pixels
     cams = np.zeros(pixels.shape, dtype=np.float32)
     cams[need] = gradcam.cam_maps(best.model, pixels[need], [int(y_pred[i]) for i in need])
     files_m = [ev.files[i] for i in masked]
-    focus = gradcam.lung_focus_scores(data_root, files_m, ev.y_true[masked], cams[masked], ev.split)
-    focus["uniform_cam_baseline"] = gradcam.mask_area_share(data_root, files_m, best.image_size)
+    boxes = lung_boxes(best, data_root, files_m)
+    focus = gradcam.lung_focus_scores(data_root, files_m, ev.y_true[masked], cams[masked], ev.split, boxes)
+    focus["uniform_cam_baseline"] = gradcam.mask_area_share(data_root, files_m, best.image_size, boxes)
     focus["seconds"] = round(time.monotonic() - started, 1)
     with tempfile.TemporaryDirectory() as tmp:
         gradcam.plot_gallery(pixels, cams, ev.y_true, y_pred, ev.probs, rows, Path(tmp) / "gradcam_gallery.png",
@@ -84,6 +85,19 @@ def log_gradcam(client, parent_id: str, best: BestModel, data_root: Path, pixels
     log_json(client, parent_id, focus, "lung_focus.json")
     log_focus_metrics(client, parent_id, focus, ev.split)
     return focus
+
+
+def lung_boxes(best: BestModel, data_root: Path, files: list[str]) -> dict | None:
+    """For a lung_crop model, the crop of each film (its CAM covers the crop, so its mask must be cut the same)."""
+    film = Preprocessing.from_saved(best.saved)
+    if not film.lung_crop or not files:
+        return None
+    from tune_ct.data.files import decode_file
+    from tune_ct.model.lungs import crop_to_lungs_batch, load_segmenter
+
+    segmenter, _ = load_segmenter(Path(film.segmenter))
+    crops = crop_to_lungs_batch([decode_file(data_root / f)[0] for f in files], segmenter)
+    return {f: box for f, (_, box) in zip(files, crops)}
 
 
 def log_focus_metrics(client, parent_id: str, focus: dict, split: str) -> None:
