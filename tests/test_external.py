@@ -67,7 +67,7 @@ def store(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("ext_registry")
     dataset = make_small_dataset(data_dir, root / "COVID-19_Radiography_Dataset", per_class=8)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)
     exp = ensure_experiment(client, "ext-search", root / "artifacts")
     example = resize(decode_file(next((dataset / "COVID" / "images").iterdir()))[0], SIZE)[None]
     torch.manual_seed(0)

@@ -102,7 +102,7 @@ def check_summary(summary: dict) -> None:
 
 def check_registered_and_report(tmp_path: Path, summary: dict, tracking_uri: str, name: str) -> None:
     """The winner is a new registered version, and the report is built from what the search logged."""
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # registered models: the same store
     version = client.get_model_version(name, str(summary["registered_version"]))
     assert version.run_id == summary["parent_run_id"]
     test = summary["test_metrics"]

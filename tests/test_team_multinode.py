@@ -148,7 +148,7 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
                 victim = names[alive[0]["node_id"]]
                 killed_epoch = max(epochs)
         assert victim in ("worker1", "worker2"), (tmp_path / "search.log").read_text()[-4000:]
-        node = next(n for n in cluster.nodes if n.name == victim)
+        node = [n for n in cluster.nodes if n.name == victim][-1]  # the live one (a killed node was replaced)
         os.kill(node.raylet_pid(), signal.SIGKILL)
         killed_at = time.monotonic()
     except BaseException:

@@ -241,7 +241,7 @@ def test_ctrl_c_stops_cleanly_and_the_printed_resume_command_finishes(tmp_path, 
     log = tmp_path / "first.log"
     proc = subprocess.Popen(search_cmd(data, *args, space=space_with_runner(tmp_path, "actor")), cwd=tmp_path,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True, env=clean_env())
-    client = MlflowClient(db)
+    client = MlflowClient(db, registry_uri=db)
     try:
         deadline = time.monotonic() + 480
         while time.monotonic() < deadline and proc.poll() is None:
