@@ -116,8 +116,9 @@ def run_search(args, method: str, seed: int, space: Path, num_samples: int) -> N
     if (args.out / f"summary-{name}.json").exists():
         print(f"{name}: done already", flush=True)
         return
-    cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space),
-           "--limit-per-class", str(args.limit_per_class), "--seed", str(seed), "--num-samples", str(num_samples),
+    limit = ["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []  # 0: the full set
+    cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space), *limit,
+           "--seed", str(seed), "--num-samples", str(num_samples),
            "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"), "--name", name,
            "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "search_efficiency",
            "--summary", str(args.out / f"summary-{name}.json"), *METHODS[method]]
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True)
     p.add_argument("--out", type=Path, required=True, help="working folder (runs, logs, MLflow, Ray storage)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--limit-per-class", type=int, default=200)
+    p.add_argument("--limit-per-class", type=int, default=200, help="films per class per seed; 0: the full set")
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--random-trials", type=int, default=6, help="budget = this x --epochs trial-epochs")

@@ -13,6 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from ray import tune
+from test_console import assert_compact_console
 
 from tune_ct.track.study import STORAGE_TAG, STUDY_TAG, StudyError, check_study, resolve_storage_url
 from tune_ct.train.tuner import build_searcher
@@ -74,10 +75,10 @@ def test_a_restored_searcher_agrees_with_the_study_on_disk(tmp_path):
 @pytest.mark.slow
 def test_search_keeps_one_optuna_trial_per_tune_trial_in_the_study_it_names(tmp_path, data_dir):
     summary_file = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_AIR_NEW_OUTPUT")}
     proc = subprocess.run(
         [sys.executable, "-m", "tune_ct.search", "--data", str(data_dir), "--space", str(TINY), "--limit-per-class",
-         "16", "--name", "study-e2e", "--summary", str(summary_file)],
+         "16", "--num-samples", "3", "--name", "study-e2e", "--summary", str(summary_file)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(summary_file.read_text())
@@ -87,6 +88,7 @@ def test_search_keeps_one_optuna_trial_per_tune_trial_in_the_study_it_names(tmp_
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert_compact_console(proc.stdout + proc.stderr, summary, client)
     parent = client.get_run(summary["parent_run_id"])
     assert parent.data.tags[STORAGE_TAG] == url and parent.data.tags[STUDY_TAG] == "study-e2e"
     study = optuna.load_study(study_name="study-e2e", storage=url)

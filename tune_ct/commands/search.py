@@ -50,8 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "finished trials are kept, unfinished ones resume from their checkpoints, same MLflow runs")
     p.add_argument("--searcher", choices=SEARCHERS, default="tpe",
                    help="tpe: Optuna TPE (default); random: Tune's random sampling, the baseline for benchmarks")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
-                   help="asha: stop weak trials early (default); none: every trial runs all its epochs")
+    p.add_argument("--scheduler", choices=SCHEDULERS,
+                   help="asha: stop weak trials early (default); none: every trial runs all its epochs (the default "
+                   "and only choice for a multi-objective space: ASHA ranks trials on one metric)")
     p.add_argument("--time-budget", metavar="DURATION",
                    help="e.g. 15m, 90s, 2h (default: the space's search.time_budget): no trial starts after it, "
                    "running trials stop at their next epoch and keep their checkpoints")

@@ -40,7 +40,7 @@ class SearchOptions:
     num_samples: int | None = None
     max_concurrent: int | None = None
     searcher: str = "tpe"
-    scheduler: str = "asha"
+    scheduler: str | None = None  # asha | none; None: asha, or none for a multi-objective space
     weights: dict[str, str] = field(default_factory=dict)
     register_name: str = DEFAULT_REGISTER_NAME
     address: str | None = None
@@ -67,6 +67,7 @@ class SearchRun:
     parent_id: str | None = None
     num_samples: int = 0
     max_concurrent: int = 1
+    scheduler: str = "asha"  # resolved: asha, or none (asked for, or a multi-objective space)
     gpus_per_worker: float = 0.0
     started: float = field(default_factory=time.monotonic)
     select_on: object | None = None  # the ExternalSet of --select-on
@@ -76,6 +77,7 @@ class SearchRun:
     study_storage: str | None = None  # where the Optuna study (named run_name) is, when the searcher keeps one
     inputs: tuple = ()  # the train and val splits as MLflow dataset inputs (tune_ct.track.datasets.SplitInput)
     sink: object | None = None  # the SystemSink actor; held here, as Ray ends an actor no handle refers to
+    front: object | None = None  # multi-objective: the Pareto front and its pick (tune_ct.train.pareto.Front)
 
     @property
     def cache_root(self) -> Path:
@@ -275,9 +277,21 @@ def plan_run(options: SearchOptions, space: Space, prep: Prepared, started: floa
     run = SearchRun(options, space, prep, client, experiment_id,
                     options.name or f"search-{time.strftime('%Y%m%d-%H%M%S')}", started=started)
     run.num_samples = options.num_samples or space.search.num_samples
+    run.scheduler = resolve_scheduler(options.scheduler, space)
     if options.resume:
         find_resumed_parent(run)
     return run
+
+
+def resolve_scheduler(asked: str | None, space: Space) -> str:
+    """ASHA unless told otherwise; a multi-objective search runs every trial to its last epoch, since ASHA stops
+    trials by their rank on one metric and would drop the fast, slightly weaker models a Pareto front is for."""
+    if not space.search.multi_objective:
+        return asked or "asha"
+    if asked == "asha":
+        raise SpaceError(f"{space.path}: search.objectives makes this a multi-objective search, which runs without "
+                         "ASHA (it ranks trials on one metric); drop --scheduler asha, or give search.metric instead")
+    return "none"
 
 
 def find_resumed_parent(run: SearchRun) -> None:
@@ -341,7 +355,9 @@ def start_parent_run(run: SearchRun) -> str:
         "gpus_per_worker": run.gpus_per_worker, "n_trainval_images": len(prep.trainval_entries),
         "storage": options.storage,
         "sampler": {"tpe": "optuna.TPESampler", "random": "random"}[options.searcher],
-        "scheduler": {"asha": "ASHA", "none": "none"}[options.scheduler],
+        "scheduler": {"asha": "ASHA", "none": "none"}[run.scheduler],
+        "objectives": ",".join(f"{n}:{m}" for n, m in space.objectives),
+        "pick": describe_pick(space.search.pick) if space.search.multi_objective else "best on the metric",
         "pretrained": pretrained_description(options.weights, space),
     }.items()])
     run.inputs = trainval_inputs(prep, options.data.limit_per_class)
@@ -399,6 +415,7 @@ def run_settings(run: SearchRun) -> RunSettings:
         experiment=run.run_name, seed=run.options.data.seed, workers_per_trial=search.workers_per_trial,
         cpus_per_worker=float(search.cpus_per_worker), gpus_per_worker=float(run.gpus_per_worker),
         metric=run.space.metric, mode=run.space.mode, weights=run.options.weights,
+        measure_speed="cpu_ms_per_film" in dict(run.space.objectives),
         ext_subset_path=str(run.select_on_subset) if run.select_on_subset else None,
         segmenter_path=str(run.segmenter) if run.segmenter else None,
     )
@@ -413,8 +430,8 @@ def make_tuner(run: SearchRun):
 
     options, search, space = run.options, run.space.search, run.space
     plan = TunePlan(run.run_name, options.storage, run.num_samples, run.max_concurrent, options.searcher,
-                    options.scheduler, options.data.seed, search.resolved_runner, time_budget_s(run),
-                    study_storage=run.study_storage, verbose=options.verbose)
+                    run.scheduler, options.data.seed, search.resolved_runner, time_budget_s(run),
+                    study_storage=run.study_storage, verbose=options.verbose, objectives=space.objectives)
     tracker = TrialTracker(options.tracking_uri, run.experiment_id, run.parent_id, space.max_epochs,
                            time_budget_s=plan.time_budget_s, inputs=run.inputs, system_metrics_of=run.run_name)
     run.sink = start_sink(run.run_name)  # the trials' system metrics wait there until the tracker logs them
@@ -462,8 +479,15 @@ def pick_best(run: SearchRun, results, tracker):
     filesystem = storage_filesystem(run.options.storage)
     trials = [(r.config, epochs_with_checkpoints(r.metrics_dataframe, {int(m["epoch"]): c.path for c, m in
                                                                         r.best_checkpoints or []})) for r in results]
-    return best_trial(trials, run.space.metric, run.space.mode, lambda path: checkpoint_exists(filesystem, path),
-                      tracker.runs)
+    def exists(path: str) -> bool:
+        return checkpoint_exists(filesystem, path)
+
+    if run.space.search.multi_objective:
+        from tune_ct.train.pareto import search_front
+
+        run.front = search_front(trials, run.space.objectives, run.space.search.pick, exists, tracker.runs)
+        return run.front.picked.best
+    return best_trial(trials, run.space.metric, run.space.mode, exists, tracker.runs)
 
 
 def publish(run: SearchRun, tracker, best, results) -> dict:
@@ -486,11 +510,14 @@ def publish(run: SearchRun, tracker, best, results) -> dict:
                              run.options.register_name, seed=data.seed)
     log_best(run, best, evaluation)
     summary = summarize(run, tracker, best, evaluation, results, published)
+    log_front(run, summary)
     log_test_input(run, evaluation)
     log_study_plots(run)
     describe(run, summary)
     log_json(run.client, run.parent_id, summary, "summary.json")
     print_result(best, evaluation, summary)
+    if run.front is not None:
+        print_front(summary, describe_pick(run.space.search.pick))
     return summary
 
 
@@ -511,7 +538,7 @@ def log_study_plots(run: SearchRun) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         if study_plots(study, Path(tmp), ("optuna_history.png", "optuna_importances.png",
-                                          "optuna_parallel_coordinate.png")):
+                                          "optuna_parallel_coordinate.png", "optuna_pareto_front.png")):
             run.client.log_artifacts(run.parent_id, tmp, "optuna")
 
 
@@ -538,6 +565,7 @@ def log_best(run: SearchRun, best, evaluation) -> None:
     metrics = {f"best_val_{k[4:]}": float(v) for k, v in best.val_metrics.items()
                if k.startswith("val_") and isinstance(v, (int, float))}
     metrics.update({k: float(v) for k, v in evaluation.metrics.items() if not k.endswith("confusion_matrix")})
+    metrics.update({f"best_{k}": float(v) for k, v in (best.costs or {}).items()})
     metrics["test_majority_class_macro_f1"] = test["majority_class_macro_f1"]
     run.client.log_batch(run.parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()], tags=[
         RunTag("tune_ct.best_trial_id", best.trial_id), RunTag("tune_ct.best_run_id", best.run_id or ""),
@@ -550,6 +578,8 @@ def log_best(run: SearchRun, best, evaluation) -> None:
 
 
 def summarize(run: SearchRun, tracker, best, evaluation, results, published: dict) -> dict:
+    from tune_ct.train.pareto import front_summary
+
     trials = list(results)
     return {
         "best_trial_id": best.trial_id,
@@ -572,8 +602,52 @@ def summarize(run: SearchRun, tracker, best, evaluation, results, published: dic
         "seconds": round(time.monotonic() - run.started, 1),
         "optuna_storage": run.study_storage,
         "optuna_study": run.run_name if run.study_storage else None,
+        "best_costs": best.costs,
+        **(front_summary(run.front, run.space.objectives, run.space.search.pick) if run.front else {}),
         **published,  # model_uri, registered_model, registered_version, ...
     }
+
+
+def describe_pick(rule) -> str:
+    """A pick rule in words, e.g. 'best val_macro_f1 with cpu_ms_per_film <= 4'."""
+    from tune_ct.train.space import COSTS, METRICS
+
+    rule_best = rule.best if rule else "the first objective"
+    limits = [f"{n} {'<=' if {**METRICS, **COSTS}[n] == 'min' else '>='} {b:g}" for n, b in (rule.limits if rule else ())]
+    return f"best {rule_best}" + (f" with {' and '.join(limits)}" if limits else "")
+
+
+def log_front(run: SearchRun, summary: dict) -> None:
+    """Multi-objective: the front as a plot and JSON on the parent run, its members' child runs tagged."""
+    if run.front is None:
+        return
+    from tune_ct.track.figures import plot_pareto_front
+    from tune_ct.track.runs import log_json
+
+    names = list(summary["objectives"])
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_pareto_front(summary["trial_points"], summary["pareto_front"], names, Path(tmp) / "pareto_front.png",
+                          f"{len(summary['trial_points'])} trials, {len(summary['pareto_front'])} on the front; "
+                          f"pick: {describe_pick(run.space.search.pick)}")
+        run.client.log_artifacts(run.parent_id, tmp)
+    log_json(run.client, run.parent_id, {k: summary[k] for k in ("objectives", "pick", "pareto_front")},
+             "pareto_front.json")
+    for member in summary["pareto_front"]:
+        if member["run_id"]:
+            run.client.set_tag(member["run_id"], "tune_ct.pareto_front", "picked" if member["picked"] else "true")
+    run.client.set_tag(run.parent_id, "tune_ct.pick_met", str(summary["pick"]["met"]).lower())
+
+
+def print_front(summary: dict, rule: str) -> None:
+    names = list(summary["objectives"])
+    rows = [(f"{'*' if m['picked'] else ' '} {m['trial_id']}", "  ".join(
+        [f"{m['backbone']} {m['image_size']}px ep {m['epoch']}"] + [f"{n} {m[n]:.4g}" for n in names]))
+        for m in summary["pareto_front"]]
+    print_table(f"Pareto front on the val split ({len(rows)} of {len(summary['trial_points'])} trials; * = picked, "
+                f"rule: {rule})", rows)
+    if not summary["pick"]["met"]:
+        print(f"WARNING: no trial on the front meets the rule ({rule}); picked the one nearest to its first limit",
+              flush=True)
 
 
 def print_table(title: str, rows: list[tuple[str, str]]) -> None:

@@ -45,3 +45,28 @@ def predict(model, pixels: np.ndarray, indices: np.ndarray, batch_size: int, dev
             x = x.contiguous(memory_format=torch.channels_last)
             out[start : start + len(rows)] = torch.softmax(model(x).float(), dim=1).cpu().numpy()
     return out
+
+
+def cpu_ms_per_film(model: torch.nn.Module, films: np.ndarray, repeats: int = 3) -> float:
+    """Milliseconds per film of the network's forward pass on one CPU thread, fp32, eager PyTorch: the median of
+    `repeats` timed passes over `films` (uint8, N x H x W) after one untimed pass. Measured on a CPU copy of the
+    bare module, so a GPU trial gets the figure a CPU-only hospital machine would; the trial's thread count and
+    its model are left as they were."""
+    import copy
+    import time
+
+    bare = copy.deepcopy(getattr(model, "module", model)).to("cpu").float().eval()
+    x = to_model_input(torch.from_numpy(np.ascontiguousarray(films))).contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        with torch.no_grad():
+            for i in range(repeats + 1):
+                started = time.perf_counter()
+                bare(x)
+                if i:
+                    times.append(time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000.0 * float(np.median(times)) / len(films)

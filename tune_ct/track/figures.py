@@ -47,3 +47,25 @@ def plot_confusion_matrix(matrix, path: Path, title: str) -> Path:
                     color="white" if share[i, j] > 0.6 else "black")
     ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def plot_pareto_front(points: list[dict], front: list[dict], objectives: list[str], path: Path, title: str) -> Path:
+    """Every trial (grey) and the Pareto front (joined, the picked member starred) on the first two objectives:
+    the first (a val metric) up, the second (a cost) across. Points are dicts holding the objective values."""
+    plt = pyplot()
+    y_name, x_name = objectives[0], objectives[1]
+    fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=100)
+    ax.scatter([p[x_name] for p in points], [p[y_name] for p in points], c="0.7", s=22, label="trials")
+    line = sorted(front, key=lambda p: p[x_name])
+    ax.plot([p[x_name] for p in line], [p[y_name] for p in line], "-o", c="tab:blue", ms=5, label="Pareto front")
+    for p in front:
+        ax.annotate(f"{p.get('backbone', '')} {p.get('image_size', '')}px", (p[x_name], p[y_name]), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")
+    for p in (p for p in front if p.get("picked")):
+        ax.scatter([p[x_name]], [p[y_name]], marker="*", s=220, c="tab:red", zorder=3, label="picked (registered)")
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(f"{y_name} (val split)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)

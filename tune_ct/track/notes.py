@@ -26,6 +26,22 @@ def figures_table(val: dict, test: dict) -> list[str]:
     return lines
 
 
+def front_lines(summary: dict) -> list[str]:
+    """A multi-objective search's Pareto front (val split and costs), the registered member marked."""
+    if not summary.get("pareto_front"):
+        return []
+    names = list(summary["objectives"])
+    pick = summary["pick"]
+    lines = ["", f"**Pareto front** (val split; {len(summary['pareto_front'])} of {len(summary['trial_points'])} "
+             f"trials; pick: best {pick['best']} within {pick['limits'] or 'no limits'}"
+             f"{'' if pick['met'] else ', NOT met: nearest member taken'})", "",
+             "| trial | model | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    lines += [f"| {'**' + m['trial_id'] + '** (registered)' if m['picked'] else m['trial_id']} | {m['backbone']} "
+              f"{m['image_size']}px | " + " | ".join(f"{m[n]:.4g}" for n in names) + " |"
+              for m in summary["pareto_front"]]
+    return lines
+
+
 def search_note(summary: dict, run_name: str, tracking_uri: str) -> str:
     """The parent run's description: the winner, its figures with their splits named, and where everything is."""
     config = summary["best_config"]
@@ -34,6 +50,7 @@ def search_note(summary: dict, run_name: str, tracking_uri: str) -> str:
     lines += figures_table(summary["val_metrics"], summary["test_metrics"])
     lines += ["", "**Best configuration**", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(config.items())]
+    lines += front_lines(summary)
     lines += ["", f"- Trials: {summary['trials']} ({summary['trials_errored']} errored), {summary['seconds']:.0f} s; "
               f"space `{summary['space']}`",
               f"- Data: `{summary['data']}`, manifest `{summary['manifest_hash']}`, limit per class "

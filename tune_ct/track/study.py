@@ -5,6 +5,8 @@ search live and the report reads the study itself instead of rebuilding it from 
 Optuna records for each trial the value of the space's metric in the trial's *last* report (Ray's OptunaSearch
 tells Optuna the last result when a trial ends: the last epoch it ran, also for a trial ASHA stopped), not its
 best epoch; the epochs reported before the end are its intermediate values (step = Tune's training iteration).
+A multi-objective study (search.objectives) is told each trial's values at its best epoch on the first objective,
+the epoch its Pareto point and checkpoint come from (tune_ct.train.tuner.StudySearch); it has no intermediate values.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def load_study(url: str, name: str):
 
 
 PLOTS = (("optuna_history.png", "plot_optimization_history"), ("optuna_importances.png", "plot_param_importances"),
-         ("optuna_parallel_coordinate.png", "plot_parallel_coordinate"), ("optuna_slice.png", "plot_slice"))
+         ("optuna_parallel_coordinate.png", "plot_parallel_coordinate"), ("optuna_slice.png", "plot_slice"),
+         # A multi-objective study: Optuna's own front (history, slice and parallel coordinates need one target).
+         ("optuna_pareto_front.png", "plot_pareto_front"))
 
 
 def study_plots(study, out: Path, names: tuple[str, ...] = tuple(n for n, _ in PLOTS)) -> list[str]:

@@ -14,31 +14,46 @@ class BestTrial:
     val_metrics: dict
     checkpoint_path: str
     run_id: str | None
+    costs: dict | None = None  # the trial's cpu_ms_per_film / param_count, when reported
 
 
 def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
-def best_trial(trials: Iterable[tuple[dict, object]], metric: str, mode: str, exists: Callable[[str], bool],
-               runs: dict[str, str]) -> BestTrial:
-    """`trials`: (config, per-epoch results DataFrame) per trial, as Tune's ResultGrid holds them. Only epochs
-    whose checkpoint still `exists` count: Ray Train deletes all but the best few checkpoints."""
-    best = None
+def best_epochs(trials: Iterable[tuple[dict, object]], metric: str, mode: str,
+                exists: Callable[[str], bool]) -> list[tuple[dict, object]]:
+    """(config, row) of each trial's best epoch on `metric`. `trials`: (config, per-epoch results DataFrame) per
+    trial, as Tune's ResultGrid holds them. Only epochs whose checkpoint still `exists` count: Ray keeps the best
+    few checkpoints and deletes the rest."""
+    out = []
     for config, df in trials:
         if df is None or metric not in df or "checkpoint_path" not in df:
             continue
         df = df.dropna(subset=[metric, "checkpoint_path"])
         df = df[[exists(str(p)) for p in df["checkpoint_path"]]]
-        if df.empty:
-            continue
-        row = df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]
+        if not df.empty:
+            out.append((config, df.loc[df[metric].idxmax() if mode == "max" else df[metric].idxmin()]))
+    return out
+
+
+def as_best(config: dict, row, runs: dict[str, str]) -> BestTrial:
+    """One trial's epoch (a results row) as the search's choice: its val figures, checkpoint and MLflow run."""
+    trial_id = str(row["trial_id"])
+    val = {k: row[k] for k in row.index if str(k).startswith("val_") and k != "val_confusion_matrix"}
+    val["confusion_matrix"] = row.get("val_confusion_matrix")
+    costs = {k: float(row[k]) for k in ("cpu_ms_per_film", "param_count") if k in row.index and row[k] == row[k]}
+    return BestTrial(trial_id, dict(config), int(row["epoch"]), val, str(row["checkpoint_path"]), runs.get(trial_id),
+                     costs or None)
+
+
+def best_trial(trials: Iterable[tuple[dict, object]], metric: str, mode: str, exists: Callable[[str], bool],
+               runs: dict[str, str]) -> BestTrial:
+    """The trial and epoch with the best `metric` over every trial's epochs that kept a checkpoint."""
+    best = None
+    for config, row in best_epochs(trials, metric, mode, exists):
         if best is None or _better(row[metric], best[1][metric], mode):
             best = (config, row)
     if best is None:
         raise RuntimeError("no trial reported a checkpoint: see the trial errors above")
-    config, row = best
-    trial_id = str(row["trial_id"])
-    val = {k: row[k] for k in row.index if str(k).startswith("val_") and k != "val_confusion_matrix"}
-    val["confusion_matrix"] = row.get("val_confusion_matrix")
-    return BestTrial(trial_id, dict(config), int(row["epoch"]), val, str(row["checkpoint_path"]), runs.get(trial_id))
+    return as_best(*best, runs)

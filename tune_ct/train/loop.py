@@ -21,7 +21,7 @@ from tune_ct.data.cache import CachedImages
 from tune_ct.data.files import CLASSES
 from tune_ct.model.augment import Augment, augment
 from tune_ct.model.checkpoint import TrainState
-from tune_ct.model.inference import autocast_dtype, predict, to_device
+from tune_ct.model.inference import autocast_dtype, cpu_ms_per_film, predict, to_device
 from tune_ct.model.networks import regularization_loss
 from tune_ct.train.settings import RunSettings
 
@@ -226,6 +226,22 @@ def run_epoch(training: Training, run: RunSettings, ctx: LoopContext, epoch: int
     return metrics
 
 
+SPEED_FILMS = 8  # the fixed batch of val films cpu_ms_per_film is timed on
+
+
+def trial_costs(training: Training, ctx: LoopContext, measure_speed: bool) -> dict:
+    """What the trial's network costs: its parameter count and (when a multi-objective search asks) its forward
+    time per film on one CPU thread. Measured once per trial process, after its first epoch: the figures depend on
+    the network and image size, not on the weights, so every epoch reports the same ones (a trial the time budget
+    stops still has them). Timed on rank 0 only; Ray Train keeps rank 0's report."""
+    model = getattr(training.model, "module", training.model)
+    costs = {"param_count": sum(p.numel() for p in model.parameters())}
+    if measure_speed and ctx.rank == 0:
+        rows = np.sort((training.val_idx if len(training.val_idx) else training.train_idx)[:SPEED_FILMS])
+        costs["cpu_ms_per_film"] = cpu_ms_per_film(model, np.asarray(training.data.pixels[rows]))
+    return costs
+
+
 def save_epoch(folder: Path, training: Training, epoch: int, metrics: dict) -> float:
     """The epoch's checkpoint (weights, optimizer and schedule, its report, the film preprocessing) in `folder`,
     for any runner to hand on; returns the seconds it took."""
@@ -250,8 +266,11 @@ def fit(hp: dict, run: RunSettings, ctx: LoopContext) -> None:
             ctx.report({**state.last_metrics, "replayed": True}, training, start_epoch)
             return
     report_seconds = 0.0  # the previous epoch's report (checkpoint upload + hand-off), logged one epoch late
+    costs = None
     for epoch in range(start_epoch, training.epochs):
         metrics = run_epoch(training, run, ctx, epoch)
+        costs = costs or trial_costs(training, ctx, run.measure_speed)
+        metrics.update(costs)
         metrics["time_cache_s"] = training.cache_seconds if epoch == start_epoch else 0.0
         metrics["time_report_s"] = report_seconds
         report_seconds = ctx.report(metrics, training, epoch + 1)

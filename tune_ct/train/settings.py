@@ -25,3 +25,4 @@ class RunSettings:
     # --select-on: films from other sources, scored every epoch (ext_val_*), never trained on.
     ext_subset_path: str | None = None
     segmenter_path: str | None = None  # the lung segmenter a `lung_crop: true` trial crops with
+    measure_speed: bool = False  # report cpu_ms_per_film (an objective of a multi-objective search)

@@ -12,6 +12,12 @@ A space file has two sections::
       cpus_per_worker: 1
       gpus_per_worker: auto      # auto: 1 per worker when the cluster has GPUs, else 0; or a number
                                  # (a fraction such as 0.25 lets four trials share one GPU)
+      objectives:                # instead of metric: a multi-objective search (Optuna's multi-objective TPE)
+        val_macro_f1: max        #   the first: a per-epoch val metric, picks each trial's epoch
+        cpu_ms_per_film: min     #   then costs: cpu_ms_per_film, param_count
+      pick:                      # which member of the Pareto front is tested and registered
+        best: val_macro_f1
+        limits: {cpu_ms_per_film: 5.0}   # a ceiling for a min objective, a floor for a max one
     params:                      # what to search: a fixed value, or one distribution
       backbone: {choice: [baseline_cnn, resnet18]}
       lr: {loguniform: [1.0e-4, 3.0e-3]}
@@ -37,6 +43,10 @@ METRICS = {"val_macro_f1": "max", "val_balanced_accuracy": "max", "val_accuracy"
            # and their blend with the val split: blend_macro_f1 = (val_macro_f1 + ext_val_macro_f1) / 2.
            "ext_val_macro_f1": "max", "ext_val_balanced_accuracy": "max", "blend_macro_f1": "max"}
 EXTERNAL_METRICS = ("ext_val_macro_f1", "ext_val_balanced_accuracy", "blend_macro_f1")
+# A trial's costs, the same at every epoch (they depend on the network and image size, not on the weights):
+# the network's forward time per film on one CPU thread (fp32, eager PyTorch, a fixed batch of val films) and its
+# parameter count. Objectives of a multi-objective search besides one per-epoch metric.
+COSTS = {"cpu_ms_per_film": "min", "param_count": "min"}
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 
 # name -> (type, low, high, default). Bounds are inclusive; None means unbounded on that side.
@@ -67,6 +77,15 @@ EQUALIZE = ("none", "hist", "clahe")
 
 
 @dataclass(frozen=True)
+class Pick:
+    """The rule that picks the registered model from a Pareto front: the member with the best `best` among those
+    within every limit (objective -> ceiling for a min objective, floor for a max one)."""
+
+    best: str
+    limits: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """The `search` section of a space file (how to search), validated."""
 
@@ -82,6 +101,13 @@ class SearchSettings:
     # trial (needed for DDP); auto: actor for one worker per trial, train for several.
     runner: str = "auto"
     time_budget: str | None = None  # "15m", "90s", "2h": no trial starts after it, running ones stop at an epoch
+    # Multi-objective: ((name, mode), ...), the first a per-epoch metric (it replaces `metric`), then costs.
+    objectives: tuple[tuple[str, str], ...] = ()
+    pick: Pick | None = None  # which member of the Pareto front is registered (default: best on the first)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def resolved_runner(self) -> str:
@@ -127,11 +153,17 @@ class Space:
 
     @property
     def metric(self) -> str:
+        """The per-epoch metric: it picks each trial's epoch and the checkpoints kept (the first objective)."""
         return self.search.metric
 
     @property
     def mode(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        """(name, mode) of every objective: the space's objectives, or its one metric."""
+        return self.search.objectives or ((self.metric, self.mode),)
 
     @property
     def max_epochs(self) -> int:
@@ -261,6 +293,46 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
     return value
 
 
+def _check_objectives(where: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    """objectives: {per-epoch metric: mode, cost: mode, ...}, the metric first, each in its natural direction."""
+    known = {**METRICS, **COSTS}
+    if not isinstance(raw, dict) or len(raw) < 2:
+        raise SpaceError(f"{where}: expected a mapping of two or more objective: max|min, e.g. "
+                         "{val_macro_f1: max, cpu_ms_per_film: min}; for one objective use search.metric")
+    out = []
+    for i, (name, mode) in enumerate(raw.items()):
+        if name not in known:
+            raise SpaceError(f"{where}.{name}: unknown objective; use one of {', '.join(known)}")
+        if mode != known[name]:
+            raise SpaceError(f"{where}.{name}: {name} is better when {'higher' if known[name] == 'max' else 'lower'}"
+                             f"; write {name}: {known[name]} (got {mode!r})")
+        if (i == 0) != (name in METRICS):
+            raise SpaceError(f"{where}: the first objective, and only the first, is a per-epoch metric ("
+                             f"{', '.join(METRICS)}): it picks each trial's epoch; the others are costs ("
+                             f"{', '.join(COSTS)}); got {name} in place {i + 1}")
+        out.append((name, mode))
+    return tuple(out)
+
+
+def _check_pick(where: str, raw: Any, objectives: dict[str, str]) -> Pick:
+    """pick: {best: OBJECTIVE, limits: {OBJECTIVE: number, ...}} over the space's objectives."""
+    if not objectives:
+        raise SpaceError(f"{where}: a pick rule chooses from a Pareto front; declare search.objectives too")
+    if not isinstance(raw, dict) or set(raw) - {"best", "limits"} or "best" not in raw:
+        raise SpaceError(f"{where}: expected {{best: OBJECTIVE, limits: {{OBJECTIVE: number}}}}, got {raw!r}")
+    if raw["best"] not in objectives:
+        raise SpaceError(f"{where}.best: {raw['best']!r} is not one of the objectives ({', '.join(objectives)})")
+    limits = raw.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise SpaceError(f"{where}.limits: expected a mapping of objective: number, got {limits!r}")
+    for name, bound in limits.items():
+        if name not in objectives:
+            raise SpaceError(f"{where}.limits.{name}: not one of the objectives ({', '.join(objectives)})")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not math.isfinite(bound):
+            raise SpaceError(f"{where}.limits.{name}: expected a finite number, got {bound!r}")
+    return Pick(raw["best"], tuple((k, float(v)) for k, v in limits.items()))
+
+
 def _check_search(file: Path, raw: Any) -> SearchSettings:
     if raw is not None and not isinstance(raw, dict):
         raise SpaceError(f"{file}: search must be a mapping of setting: value")
@@ -269,7 +341,16 @@ def _check_search(file: Path, raw: Any) -> SearchSettings:
         where = f"{file}: search.{key}"
         if key not in SEARCH_KEYS:
             raise SpaceError(f"{where}: unknown setting; known: {', '.join(SEARCH_KEYS)}")
-        values[key] = _check_setting(where, key, value)
+        if key not in ("objectives", "pick"):
+            values[key] = _check_setting(where, key, value)
+    if "objectives" in (raw or {}):
+        values["objectives"] = _check_objectives(f"{file}: search.objectives", raw["objectives"])
+        if "metric" in values and values["metric"] != values["objectives"][0][0]:
+            raise SpaceError(f"{file}: search.metric {values['metric']} and search.objectives (first: "
+                             f"{values['objectives'][0][0]}) disagree; give objectives only")
+        values["metric"] = values["objectives"][0][0]
+    if "pick" in (raw or {}):
+        values["pick"] = _check_pick(f"{file}: search.pick", raw["pick"], dict(values.get("objectives", ())))
     settings = SearchSettings(**values)
     if settings.runner == "actor" and settings.workers_per_trial > 1:
         raise SpaceError(f"{file}: search.runner: actor runs one process per trial; workers_per_trial "

@@ -30,6 +30,7 @@ class TunePlan:
     time_budget_s: float | None = None  # no trial starts after it; running ones stop at their next report
     study_storage: str | None = None  # Optuna RDB storage URL of the TPE searcher's study (named run_name)
     verbose: bool = False  # Tune's own per-trial output on the console too (else only tune_ct's trial table)
+    objectives: tuple[tuple[str, str], ...] = ()  # (name, mode) x 2+: a multi-objective search (no ASHA)
 
 
 class StudySearch(OptunaSearch):
@@ -40,6 +41,10 @@ class StudySearch(OptunaSearch):
     new trial in its place), and a trial told COMPLETE after the snapshot would be told again. The first is
     closed FAIL (never counted), the second is marked completed in the searcher (not told twice)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._best_epochs: dict[str, dict] = {}  # multi-objective: trial -> its best report on the first objective
+
     def restore(self, checkpoint_path: str):
         from tune_ct.track.study import reconcile
 
@@ -47,13 +52,30 @@ class StudySearch(OptunaSearch):
         if self._ot_study is not None:
             reconcile(self._ot_study, self._ot_trials, self._completed_trials)
 
+    # A multi-objective study is told each trial's figures at its best epoch on the first objective (the epoch the
+    # Pareto front and registration use, its checkpoint kept), not at its last epoch: Ray hands over the last.
+    def on_trial_result(self, trial_id: str, result: dict):
+        super().on_trial_result(trial_id, result)
+        if isinstance(self.metric, list) and self.metric[0] in result:
+            best = getattr(self, "_best_epochs", {}).get(trial_id)
+            sign = 1 if self.mode[0] == "max" else -1
+            if best is None or sign * result[self.metric[0]] > sign * best[self.metric[0]]:
+                self._best_epochs = {**getattr(self, "_best_epochs", {}), trial_id: result}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        best = getattr(self, "_best_epochs", {}).get(trial_id)
+        if isinstance(self.metric, list) and result and best:
+            result = {**result, **{k: best[k] for k in self.metric if k in best}}
+        super().on_trial_complete(trial_id, result, error)
+
 
 def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0, study_name: str = "optuna",
-                   study_storage: str | None = None):
+                   study_storage: str | None = None, objectives: tuple[tuple[str, str], ...] = ()):
     """Optuna TPE (seeded), its study in `study_storage` (an RDB URL) when given, or Tune's random sampling.
     OptunaSearch refuses a space with nothing to sample (every value fixed): such trials run as they are. Tune
     applies max_concurrent_trials to a Searcher but ignores it for a ready-made BasicVariantGenerator, so the
-    random sampler gets the limit itself."""
+    random sampler gets the limit itself. With two or more `objectives` the study is multi-objective (Optuna's TPE
+    samples for all of them) and the searcher holds the metric and mode lists itself."""
     import optuna
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.sample import Domain
@@ -63,7 +85,9 @@ def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int 
     searchable = any(isinstance(v, Domain) for v in param_space.values())
     if kind == "tpe" and searchable:
         storage = open_storage(study_storage) if study_storage else None
-        return StudySearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name, storage=storage)
+        lists = {"metric": [n for n, _ in objectives], "mode": [m for _, m in objectives]} if objectives else {}
+        return StudySearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name, storage=storage,
+                           **lists)
     if kind == "tpe":
         log.info("every parameter is fixed, so there is nothing for TPE to search; running the trials as given")
     return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
@@ -108,14 +132,15 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
     from ray import tune
 
     param_space = space.tune_space()
+    multi = len(plan.objectives) > 1  # the searcher holds the objectives; Tune's single metric would replace them
     return tune.Tuner(
         fn,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, num_samples=plan.num_samples,
+            metric=None if multi else space.metric, mode=None if multi else space.mode, num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
             search_alg=build_searcher(plan.searcher, plan.seed, param_space, plan.max_concurrent, plan.run_name,
-                                      plan.study_storage),
+                                      plan.study_storage, plan.objectives if multi else ()),
             scheduler=build_scheduler(plan.scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
             reuse_actors=plan.runner == "actor", time_budget_s=plan.time_budget_s,
