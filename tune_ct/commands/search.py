@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "and only choice for a multi-objective space: ASHA ranks trials on one metric)")
     p.add_argument("--time-budget", metavar="DURATION",
                    help="e.g. 15m, 90s, 2h (default: the space's search.time_budget): no trial starts after it, "
-                   "running trials stop at their next epoch and keep their checkpoints")
+                   "running trials are stopped where they are, keeping the epochs they reported and their checkpoints")
     p.add_argument("--select-on", type=Path, metavar="DIR",
                    help="labelled films from other sources (class folders, or any folder with --select-on-labels): "
                    "cached like the val split, never trained on, scored every epoch as ext_val_*; set the space's "

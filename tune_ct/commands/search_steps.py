@@ -148,6 +148,7 @@ def search_and_publish(run: SearchRun) -> dict:
     try:
         tracker, tuner = make_tuner(run)
         results = tuner.fit()
+        settle_study(run, results)
         orphans = close_orphans(run, results)
         best = pick_best(run, results, tracker)
         summary = publish(run, tracker, best, results)
@@ -458,6 +459,33 @@ def close_orphans(run: SearchRun, results) -> list[str]:
     return orphans
 
 
+def settle_study(run: SearchRun, results) -> None:
+    """Optuna trials still RUNNING after the search (Tune stopped them at the time budget without telling the
+    searcher) are told what their Tune trials reported: the last value, or for a multi-objective study the values
+    at the best epoch on the first objective, as StudySearch tells them."""
+    import math
+
+    from tune_ct.track.study import finish_running, load_study
+
+    study = load_study(run.study_storage, run.run_name) if run.study_storage else None
+    if study is None:
+        return
+    names, mode = [n for n, _ in run.space.objectives], run.space.mode
+    ended = []
+    for result in results:
+        df = result.metrics_dataframe
+        values = None
+        if df is not None and not df.empty and all(n in df for n in names):
+            row = df.loc[df[names[0]].idxmax() if mode == "max" else df[names[0]].idxmin()] if len(names) > 1 \
+                else df.iloc[-1]
+            values = [float(row[n]) for n in names]
+            values = None if not all(math.isfinite(v) for v in values) else values if len(names) > 1 else values[0]
+        ended.append((result.config, values))
+    told = finish_running(study, ended)
+    if told:
+        log.info(f"Optuna study {run.run_name}: trial(s) {told} stopped by the time budget, told their values so far")
+
+
 def time_budget_s(run: SearchRun) -> float | None:
     from tune_ct.train.space import parse_duration
 
@@ -628,7 +656,7 @@ def log_front(run: SearchRun, summary: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plot_pareto_front(summary["trial_points"], summary["pareto_front"], names, Path(tmp) / "pareto_front.png",
                           f"{len(summary['trial_points'])} trials, {len(summary['pareto_front'])} on the front; "
-                          f"pick: {describe_pick(run.space.search.pick)}")
+                          f"pick: {describe_pick(run.space.search.pick)}", summary["pick"]["limits"])
         run.client.log_artifacts(run.parent_id, tmp)
     log_json(run.client, run.parent_id, {k: summary[k] for k in ("objectives", "pick", "pareto_front")},
              "pareto_front.json")

@@ -49,9 +49,11 @@ def plot_confusion_matrix(matrix, path: Path, title: str) -> Path:
     return save_figure(fig, path)
 
 
-def plot_pareto_front(points: list[dict], front: list[dict], objectives: list[str], path: Path, title: str) -> Path:
+def plot_pareto_front(points: list[dict], front: list[dict], objectives: list[str], path: Path, title: str,
+                      limits: dict[str, float] | None = None) -> Path:
     """Every trial (grey) and the Pareto front (joined, the picked member starred) on the first two objectives:
-    the first (a val metric) up, the second (a cost) across. Points are dicts holding the objective values."""
+    the first (a val metric) up, the second (a cost) across, the pick rule's limits dashed. Points are dicts
+    holding the objective values."""
     plt = pyplot()
     y_name, x_name = objectives[0], objectives[1]
     fig, ax = plt.subplots(figsize=(6.0, 4.2), dpi=100)
@@ -63,6 +65,9 @@ def plot_pareto_front(points: list[dict], front: list[dict], objectives: list[st
                     xytext=(4, 3), textcoords="offset points")
     for p in (p for p in front if p.get("picked")):
         ax.scatter([p[x_name]], [p[y_name]], marker="*", s=220, c="tab:red", zorder=3, label="picked (registered)")
+    for name, bound in (limits or {}).items():
+        if name in (x_name, y_name):
+            (ax.axvline if name == x_name else ax.axhline)(bound, ls="--", c="tab:red", lw=1, label=f"limit {name}")
     ax.set_xlabel(x_name)
     ax.set_ylabel(f"{y_name} (val split)")
     ax.set_title(title, fontsize=9)

@@ -81,6 +81,23 @@ def reconcile(study, ot_trials: dict, completed: set) -> list[int]:
     return orphans
 
 
+def finish_running(study, ended: list[tuple[dict, object]]) -> list[int]:
+    """Tell the study's RUNNING trials, which Tune ended without telling its searcher (at the time budget Tune
+    stops running trials where they are), with their values so far: `ended` holds (Tune config, value or list of
+    values or None) per trial, matched to the Optuna trial by its sampled parameters. None: FAIL."""
+    from optuna.trial import TrialState
+
+    told = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        match = [v for config, v in ended if all(config.get(k) == x for k, x in frozen.params.items())]
+        if match and match[0] is not None:
+            study.tell(frozen.number, match[0])
+        else:
+            study.tell(frozen.number, state=TrialState.FAIL)
+        told.append(frozen.number)
+    return told
+
+
 def load_study(url: str, name: str):
     """The study of a search, or None when its storage or study is gone."""
     import optuna

@@ -62,6 +62,7 @@ class TrialTracker(Callback):
         self.stopped_by_time_budget: list[str] = []  # trial ids
         self._started = time.monotonic()
         self.runs: dict[str, str] = {}  # trial id -> run id
+        self.closed: set[str] = set()  # trial ids whose run was closed
         self.unlogged: list[str] = []  # what could not be logged by the end
         self.delayed = 0  # log calls that failed at first and went through on a retry
         self._client: MlflowClient | None = None
@@ -77,7 +78,7 @@ class TrialTracker(Callback):
     def __setstate__(self, state: dict) -> None:
         # A search started by an older tune_ct pickled a tracker without the newer attributes.
         self.__dict__.update({"inputs": (), "system_metrics_of": None, "_system_steps": {}, "_last_drain": 0.0,
-                              **state})
+                              "closed": set(), **state})
 
     def _log(self, what: str, fn: Callable[[], None]) -> None:
         """Run a log call now, or queue it (in order) while the server is unreachable."""
@@ -111,6 +112,7 @@ class TrialTracker(Callback):
         return True
 
     def on_experiment_end(self, trials, **info):
+        self.close_stopped_at_the_end(trials)
         time.sleep(0.5)  # the last samples of the last trials are pushed as their functions return
         self._log_system_metrics(every_s=0.0)
         for attempt in range(self.final_retries):
@@ -203,7 +205,31 @@ class TrialTracker(Callback):
     def on_step_end(self, iteration, trials, **info):
         self._log_system_metrics()
 
+    def close_stopped_at_the_end(self, trials) -> list[str]:
+        """Trials Tune ended without a completion event: at the time budget Tune stops the running trials where
+        they are (mid-epoch; their reported epochs and checkpoints stay) and tells no callback. Their runs are
+        closed FINISHED, tagged stopped_early=time_budget, and listed like the others the budget stopped."""
+        out_of_time = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s
+        ended = [t for t in trials if t.trial_id in self.runs and t.trial_id not in self.closed
+                 and t.status == "TERMINATED" and self._still_open(t.trial_id)]
+        for trial in ended:
+            if out_of_time:
+                self.stopped_by_time_budget.append(trial.trial_id)
+            self._close(trial, RunStatus.to_string(RunStatus.FINISHED), {
+                "epochs_run": str(int((trial.last_result or {}).get("epoch", 0))),
+                "stopped_early": "time_budget" if out_of_time else "stopped at the end of the search",
+            })
+        return [t.trial_id for t in ended]
+
+    def _still_open(self, trial_id: str) -> bool:
+        """Whether the trial's run is RUNNING in MLflow (a close the last snapshot missed is not redone)."""
+        try:
+            return self.client.get_run(self.runs[trial_id]).info.status == "RUNNING"
+        except Exception:  # noqa: BLE001 - server down: close it (the close is queued and retried)
+            return True
+
     def _close(self, trial, status: str, tags: dict[str, str]) -> None:
+        self.closed.add(trial.trial_id)
         result = dict(trial.last_result or {})  # copied now: a queued close must log this trial's last result
         self._log(f"close run of trial {trial.trial_id} ({status})",
                   lambda: self._close_now(trial, result, status, tags))
@@ -240,10 +266,11 @@ class TrialTracker(Callback):
         self._close(trial, RunStatus.to_string(RunStatus.FAILED), {"error": reason})
 
     def get_state(self) -> dict:
-        return {"runs": dict(self.runs), "system_steps": dict(self._system_steps)}
+        return {"runs": dict(self.runs), "system_steps": dict(self._system_steps), "closed": sorted(self.closed)}
 
     def set_state(self, state: dict) -> None:
         self.runs.update(state.get("runs", {}))
+        self.closed.update(state.get("closed", []))
         self._system_steps.update(state.get("system_steps", {}))
 
 

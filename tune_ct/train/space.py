@@ -100,7 +100,7 @@ class SearchSettings:
     # actor: the loop runs in the reused Tune trial actor (starts in ~1 s); train: a Ray Train TorchTrainer per
     # trial (needed for DDP); auto: actor for one worker per trial, train for several.
     runner: str = "auto"
-    time_budget: str | None = None  # "15m", "90s", "2h": no trial starts after it, running ones stop at an epoch
+    time_budget: str | None = None  # "15m", "90s", "2h": no trial starts after it; running ones are stopped
     # Multi-objective: ((name, mode), ...), the first a per-epoch metric (it replaces `metric`), then costs.
     objectives: tuple[tuple[str, str], ...] = ()
     pick: Pick | None = None  # which member of the Pareto front is registered (default: best on the first)

@@ -27,7 +27,7 @@ class TunePlan:
     scheduler: str = "asha"  # asha: stop weak trials early; none: every trial runs all its epochs
     seed: int = 0
     runner: str = "train"  # actor: the loop in the reused trial actor; train: a Ray Train run per trial
-    time_budget_s: float | None = None  # no trial starts after it; running ones stop at their next report
+    time_budget_s: float | None = None  # no trial starts after it; running ones are stopped where they are
     study_storage: str | None = None  # Optuna RDB storage URL of the TPE searcher's study (named run_name)
     verbose: bool = False  # Tune's own per-trial output on the console too (else only tune_ct's trial table)
     objectives: tuple[tuple[str, str], ...] = ()  # (name, mode) x 2+: a multi-objective search (no ASHA)
