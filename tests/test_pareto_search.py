@@ -3,13 +3,12 @@ the Pareto front in the summary, on the parent run and in the study, and the reg
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 
 import optuna
 import pytest
+from conftest import run_search_cli
 from mlflow.tracking import MlflowClient
 
 from tune_ct.train.pareto import dominates
@@ -32,13 +31,7 @@ params:
 @pytest.mark.slow
 def test_multi_objective_search_registers_the_member_of_the_front_its_rule_picks(tmp_path, data_dir):
     (tmp_path / "pareto.yaml").write_text(SPACE)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tune_ct.search", "--data", str(data_dir), "--space", "pareto.yaml", "--limit-per-class",
-         "16", "--name", "front", "--summary", "summary.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    proc, summary = run_search_cli(tmp_path, data_dir, "pareto.yaml", "--name", "front")
     objectives = tuple(summary["objectives"].items())
     assert objectives == (("val_macro_f1", "max"), ("cpu_ms_per_film", "min"))
     points, front = summary["trial_points"], summary["pareto_front"]
@@ -73,3 +66,12 @@ def test_multi_objective_search_registers_the_member_of_the_front_its_rule_picks
     assert len(study.directions) == 2 and len(study.trials) == 3
     told = sorted(v for t in study.trials for v in t.values)
     assert told == pytest.approx(sorted(v for p in points for v in (p["val_macro_f1"], p["cpu_ms_per_film"])))
+
+    # The search's report shows the front (plot and table) with the registered member marked.
+    report = subprocess.run([sys.executable, "-m", "tune_ct.report", "--experiment", "tune_ct", "--out", "report",
+                             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "![Pareto front](pareto_front.png)" in text and (tmp_path / "report" / "pareto_front.png").is_file()
+    assert f"| **{picked[0]['trial_id']}** (registered) |" in text

@@ -4,13 +4,9 @@ them RUNNING. (Found on the README's cpu_quick search: two child runs left RUNNI
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import optuna
 import pytest
+from conftest import run_search_cli
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -28,13 +24,7 @@ params:
 @pytest.mark.slow
 def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_study(tmp_path, data_dir):
     (tmp_path / "long.yaml").write_text(SPACE)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tune_ct.search", "--data", str(data_dir), "--space", "long.yaml", "--limit-per-class",
-         "16", "--name", "budget", "--time-budget", "25s", "--summary", "summary.json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "25s")
     stopped = summary["stopped_by_time_budget"]
     assert stopped and "time budget of 25s reached" in proc.stdout
 

@@ -239,11 +239,23 @@ def write_report(client, parent, out: Path) -> Path:
     made = optuna_plots(study, out) if len(study.trials) else []
     lines += ["", f"## Search history (Optuna, {where})", ""]
     lines += [f"![{n}]({n})" for n in made] + [""]
+    lines += pareto_section(client, pid, summary, out)
     lines += test_section(ev) + focus_section(focus) + external_section(client, pid, summary)
     lines += answers(ev, focus, summary)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def pareto_section(client, run_id: str, summary: dict, out: Path) -> list[str]:
+    """A multi-objective search: its Pareto front (val split) as the parent run holds it, plot and table."""
+    from tune_ct.track.notes import front_lines
+
+    lines = front_lines(summary)
+    if not lines:
+        return []
+    plot = ["![Pareto front](pareto_front.png)", ""] if _download(client, run_id, "pareto_front.png", out) else []
+    return ["## Accuracy against cost: the Pareto front (val split)", "", *plot, *lines[1:], ""]
 
 
 def answers(ev: dict | None, focus: dict | None, summary: dict) -> list[str]:
