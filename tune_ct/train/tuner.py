@@ -54,16 +54,19 @@ class StudySearch(OptunaSearch):
 
     # A multi-objective study is told each trial's figures at its best epoch on the first objective (the epoch the
     # Pareto front and registration use, its checkpoint kept), not at its last epoch: Ray hands over the last.
+    def _best(self) -> dict[str, dict]:
+        return self.__dict__.setdefault("_best_epochs", {})  # a searcher pickled by an older tune_ct lacks it
+
     def on_trial_result(self, trial_id: str, result: dict):
         super().on_trial_result(trial_id, result)
         if isinstance(self.metric, list) and self.metric[0] in result:
-            best = getattr(self, "_best_epochs", {}).get(trial_id)
+            best = self._best().get(trial_id)
             sign = 1 if self.mode[0] == "max" else -1
             if best is None or sign * result[self.metric[0]] > sign * best[self.metric[0]]:
-                self._best_epochs = {**getattr(self, "_best_epochs", {}), trial_id: result}
+                self._best()[trial_id] = result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        best = getattr(self, "_best_epochs", {}).get(trial_id)
+        best = self._best().get(trial_id)
         if isinstance(self.metric, list) and result and best:
             result = {**result, **{k: best[k] for k in self.metric if k in best}}
         super().on_trial_complete(trial_id, result, error)
