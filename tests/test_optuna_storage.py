@@ -165,3 +165,20 @@ def test_a_killed_and_resumed_search_counts_every_trial_once_in_its_study(tmp_pa
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     values = sorted(client.get_run(r).data.metrics["val_macro_f1"] for r in summary["child_run_ids"])
     assert sorted(t.value for t in finished) == pytest.approx(values)
+
+
+def test_trials_the_time_budget_stopped_are_told_their_values_or_failed():
+    from tune_ct.track.study import finish_running
+
+    study = optuna.create_study(direction="maximize")
+    trials = []
+    for lr in (1e-3, 2e-3, 3e-3):
+        study.enqueue_trial({"lr": lr})
+        trials.append(study.ask())
+        trials[-1].suggest_float("lr", 1e-4, 1e-2, log=True)
+    study.tell(trials[0], 0.5)
+    # Tune's view at the end: the trial with lr 2e-3 reported 0.4 so far, the one with 3e-3 reported nothing.
+    ended = [({"lr": 1e-3, "batch_size": 8}, 0.5), ({"lr": 2e-3, "batch_size": 8}, 0.4), ({"lr": 3e-3}, None)]
+    assert finish_running(study, ended) == [1, 2]
+    assert [(t.state, t.value) for t in study.trials] == [
+        (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.4), (TrialState.FAIL, None)]
