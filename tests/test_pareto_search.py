@@ -46,7 +46,8 @@ def test_multi_objective_search_registers_the_member_of_the_front_its_rule_picks
     assert summary["best_costs"]["cpu_ms_per_film"] == pytest.approx(picked[0]["cpu_ms_per_film"])
     assert "Pareto front on the val split" in proc.stdout and "* " + picked[0]["trial_id"] in proc.stdout
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store, registry_uri=store)  # registered models too: an earlier test may set MLflow's own
     parent = client.get_run(summary["parent_run_id"])
     assert {"pareto_front.png", "pareto_front.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert parent.data.params["scheduler"] == "none" and parent.data.tags["tune_ct.pick_met"] == "true"
