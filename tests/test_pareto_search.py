@@ -24,7 +24,7 @@ params:
   image_size: 32
   lr: {loguniform: [1.0e-3, 1.0e-2]}
   batch_size: 16
-  epochs: 2
+  epochs: 1
 """
 
 
