@@ -24,9 +24,9 @@ params:
 @pytest.mark.slow
 def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_study(tmp_path, data_dir):
     (tmp_path / "long.yaml").write_text(SPACE)
-    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "20s")
+    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "40s")
     stopped = summary["stopped_by_time_budget"]
-    assert stopped and "time budget of 20s reached" in proc.stdout
+    assert stopped and "time budget of 40s reached" in proc.stdout
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     children = [client.get_run(r) for r in summary["child_run_ids"]]

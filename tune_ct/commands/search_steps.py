@@ -148,7 +148,8 @@ def search_and_publish(run: SearchRun) -> dict:
     try:
         tracker, tuner = make_tuner(run)
         results = tuner.fit()
-        settle_study(run, results)
+        if tracker.stopped_by_time_budget:  # the only trials Tune ends without telling the searcher
+            settle_study(run, results)
         orphans = close_orphans(run, results)
         best = pick_best(run, results, tracker)
         summary = publish(run, tracker, best, results)
