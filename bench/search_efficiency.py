@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tune_ct.train.settings import RunSettings  # plain data: no torch or Ray at import
+from tune_ct.train.settings import TrialSettings  # plain data: no torch or Ray at import
 
 METHODS = {"random": ["--searcher", "random", "--scheduler", "none"], "tpe_asha": ["--searcher", "tpe", "--scheduler", "asha"]}
 
@@ -146,7 +146,7 @@ def report_to_tune(metrics: dict, training, epoch: int) -> float:
         return time.perf_counter() - t
 
 
-def inproc_trainable(config: dict, run: RunSettings) -> None:
+def inproc_trainable(config: dict, run: TrialSettings) -> None:
     """A Tune function trainable: the trial's own training loop (tune_ct.train.loop.fit), one report per epoch,
     on this actor's CPU instead of a Ray Train worker group. Never resumed (Tune's retries start afresh)."""
     import torch
@@ -172,7 +172,7 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
     storage = args.out / "ray_results"
     cache_root = args.out / "wd" / "cache"
     # What the CLI's trials share, with the CLI's seed rule (--seed picks the subset, the samplers and training).
-    run_settings = RunSettings(subset_path=str(prep.trainval_path), cache_root=str(cache_root),
+    run_settings = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(cache_root),
                                storage_path=str(storage), experiment=name, seed=seed, cpus_per_worker=1.0,
                                metric=space.metric, mode=space.mode)
     flags = dict(zip(METHODS[method][::2], METHODS[method][1::2]))  # the CLI's --searcher / --scheduler

@@ -35,15 +35,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tune_ct.data.cache import open_or_build
 from tune_ct.data.prepare import DataSettings, prepare
-from tune_ct.model.augment import Augment
 from tune_ct.model.inference import autocast_dtype, to_device
 from tune_ct.model.networks import build_model
 from tune_ct.train.loop import LoopContext, Training, setup_training, train_epoch
-from tune_ct.train.settings import RunSettings
+from tune_ct.data.workdir import WorkFolder
+from tune_ct.train.hyperparameters import Hyperparameters
+from tune_ct.train.settings import TrialSettings
 
 # The trial's augmentation at the middle of cpu_quick.yaml's ranges, as a trial's config holds it.
 AUG_CONFIG = {"aug_rotation_deg": 5.0, "aug_crop_scale_min": 0.85, "aug_brightness": 0.075, "aug_contrast": 0.1}
-AUG = Augment.from_config(AUG_CONFIG)
+AUG = Hyperparameters.from_config(AUG_CONFIG).augment
 LR, WEIGHT_DECAY = 1e-3, 1e-4  # every variant's AdamW
 
 
@@ -138,7 +139,7 @@ def train_flops_per_image(model: torch.nn.Module, size: int, batch: int) -> floa
     return counter.get_total_flops() / batch
 
 
-def trial_training(run: RunSettings, name: str, size: int, batch_size: int, steps: int, n_train: int,
+def trial_training(run: TrialSettings, name: str, size: int, batch_size: int, steps: int, n_train: int,
                    device: torch.device, precision: str = "auto") -> Training:
     """Model, optimizer, schedule, class weights and autocast dtype exactly as a trial of this model gets them
     (tune_ct.train.loop.setup_training), with as many epochs of `n_train` images as it takes for the schedule to
@@ -148,7 +149,7 @@ def trial_training(run: RunSettings, name: str, size: int, batch_size: int, step
           "epochs": epochs, "precision": precision, **AUG_CONFIG}
     ctx = LoopContext(rank=0, world_size=1, device=device, prepare_model=lambda model: model.to(device),
                       report=lambda *_: 0.0, restore=lambda: None)
-    return setup_training(hp, run, ctx)
+    return setup_training(Hyperparameters.from_config(hp), run, ctx)
 
 
 def trial_epoch(t: Training, pixels, labels, order, batch_size: int, generator, device: torch.device):
@@ -179,7 +180,7 @@ def bare_steps(model, optimizer, pixels, labels, order, batch_size, channels_las
 
 
 def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int, rounds: int,
-            threads: int, device: torch.device, run: RunSettings) -> Row:
+            threads: int, device: torch.device, run: TrialSettings) -> Row:
     dtype = autocast_dtype("auto", device)
 
     def fresh(channels_last: bool):
@@ -242,7 +243,7 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
 
 
 def bf16_vs_fp32(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int,
-                 rounds: int, device: torch.device, run: RunSettings) -> dict:
+                 rounds: int, device: torch.device, run: TrialSettings) -> dict:
     """The trial step with autocast bf16 vs fp32 (`precision: bf16` / `fp32`), interleaved: justifies
     `precision: auto` on this device."""
     out = {"bf16": [], "fp32": []}
@@ -287,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
     torch.set_num_threads(args.threads)
     workdir = args.workdir.resolve()
-    prep = prepare(DataSettings(data=args.data, workdir=workdir, limit_per_class=args.limit_per_class))
+    prep = prepare(DataSettings(data=args.data, work=WorkFolder(workdir), limit_per_class=args.limit_per_class))
     # What every trial of a search shares; the tune_ct variant's set-up reads its caches from here.
-    run = RunSettings(subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"),
-                      storage_path=str(workdir), experiment="bench-throughput", cpus_per_worker=args.threads)
+    run = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"),
+                        storage_path=str(workdir), experiment="bench-throughput", cpus_per_worker=args.threads)
     rows, caches = [], {}
     for size in args.sizes:
         caches[size] = open_or_build(prep.trainval_path, size, workdir / "cache")

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tune_ct.data.prepare import WORKDIR_ENV, DataSettings, default_workdir
+from tune_ct.data.prepare import DataSettings
+from tune_ct.data.workdir import WORKDIR_ENV, WorkFolder
 
 
 def add_data_args(p: argparse.ArgumentParser, data_help: str = "dataset folder (default $TUNE_CT_DATA)",
@@ -25,7 +26,7 @@ def add_data_args(p: argparse.ArgumentParser, data_help: str = "dataset folder (
 def data_settings(args: argparse.Namespace, data: str | Path | None = None) -> DataSettings:
     if args.limit_per_class is not None and args.limit_per_class < 1:
         raise SystemExit(f"error: --limit-per-class must be at least 1, got {args.limit_per_class}")
-    return DataSettings(data=data or args.data, workdir=(args.workdir or default_workdir()).resolve(),
+    return DataSettings(data=data or args.data, work=WorkFolder.resolve(args.workdir),
                         sources=args.sources, seed=args.seed, limit_per_class=args.limit_per_class,
                         manifest_path=getattr(args, "manifest", None))
 

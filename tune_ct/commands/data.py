@@ -12,7 +12,7 @@ from pathlib import Path
 from tune_ct.commands.common import add_data_args, console_logging, data_settings, exit_on, write_json
 from tune_ct.data.files import DataError
 from tune_ct.data.prepare import prepare
-from tune_ct.data.summary import print_summary, summary
+from tune_ct.data.overview import overview, print_overview
 
 
 def parse_args(argv: list[str] | None):
@@ -29,15 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = data_settings(args)
     console_logging()
 
-    def run() -> int:
-        prep = prepare(settings)
-        s = summary(prep, settings.sources)
-        print_summary(s)
+    def scan() -> int:
+        found = overview(prepare(settings), settings.sources)
+        print_overview(found)
         if args.json:
-            write_json(args.json, s)
+            write_json(args.json, found)
         return 0
 
-    return exit_on((DataError,), run)
+    return exit_on((DataError,), scan)
 
 
 if __name__ == "__main__":

@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tune_ct.commands.common import add_data_args, add_tracking_arg, console_logging, data_settings, exit_on, write_json
-from tune_ct.data.external import load_external
+from tune_ct.data.external_set import load_external
 from tune_ct.data.files import DataError
 from tune_ct.data.prepare import DataSettings
 from tune_ct.evaluate.evaluation import evaluate_on, locked_test_set
-from tune_ct.evaluate.external import EVALUATIONS_EXPERIMENT, format_external
-from tune_ct.evaluate.external import evaluate_external as score_external
+from tune_ct.evaluate.external_score import format_external, score_external
 from tune_ct.evaluate.full_report import format_report, full_report, log_report
-from tune_ct.registry.external import log_external_evaluation, refuse_selection_set, registered_version
+from tune_ct.registry.external_record import log_external_evaluation, refuse_selection_set, registered_version
 from tune_ct.registry.models import ModelLoadError, load_model
+from tune_ct.track.tags import EVALUATIONS_EXPERIMENT, external_figure
 from tune_ct.track.uri import connect, resolve_tracking_uri
 
 
@@ -88,11 +88,15 @@ def external_options(args) -> ExternalOptions | None:
 def evaluate(options: EvaluateOptions) -> int:
     if options.external:
         return evaluate_external(options)
-    model, meta = load_model(options.model, options.tracking_uri)
-    test = locked_test_set(dataclasses.replace(options.data, data=options.data.data or meta.get("data")))
-    report = full_report(evaluate_on(model, meta, test), options.bootstrap, options.data.seed)
+    model, loaded = load_model(options.model, options.tracking_uri)
+    test = locked_test_set(dataclasses.replace(options.data, data=options.data.data or loaded.data))
+    report = full_report(evaluate_on(model, loaded.checkpoint, test), options.bootstrap, options.data.seed)
     report.update({"model": options.model, "manifest_hash": test.manifest.hash, "data": str(test.root)})
-    print(format_report(report, f"{options.model} ({meta.get('backbone')}, {meta.get('image_size')}px)"))
+    print(format_report(report, f"{options.model} ({loaded.checkpoint.title})"))
+    return write_outputs(options, report)
+
+
+def write_outputs(options: EvaluateOptions, report: dict) -> int:
     if options.json:
         write_json(options.json, report)
     if options.log_run:
@@ -108,19 +112,16 @@ def evaluate_external(options: EvaluateOptions) -> int:
     if version is not None:
         refuse_selection_set(client, version, ext.content_hash, ext.name)
     # The resolved version, not the alias again: the alias may move while the films are scored.
-    model, meta = load_model(f"models:/{version.name}/{version.version}" if version else options.model,
-                             options.tracking_uri)
-    report = score_external(model, meta, ext, options.data.workdir, options.bootstrap, options.data.seed)
+    model, loaded = load_model(f"models:/{version.name}/{version.version}" if version else options.model,
+                               options.tracking_uri)
+    report = score_external(model, loaded.checkpoint, ext, options.data.work, options.bootstrap, options.data.seed)
     report["model"] = options.model
-    print(format_external(report, f"{options.model} ({meta.get('backbone')}, {meta.get('image_size')}px)"))
-    if options.json:
-        write_json(options.json, report)
-    if options.log_run:
-        log_report(connect(options.tracking_uri), options.log_run, report, options.model)
+    print(format_external(report, f"{options.model} ({loaded.checkpoint.title})"))
+    write_outputs(options, report)
     if version is not None:
         run_id = log_external_evaluation(client, options.tracking_uri, version, report)
         print(f"\nlogged as run {run_id} in MLflow experiment {EVALUATIONS_EXPERIMENT}; {version.name} "
-              f"v{version.version} tagged tune_ct.external.{ext.name}.macro_f1={report['macro_f1']:.4f}")
+              f"v{version.version} tagged {external_figure(ext.name, 'macro_f1')}={report['macro_f1']:.4f}")
     return 0
 
 

@@ -19,10 +19,9 @@ import torch
 
 from tune_ct.commands.common import add_tracking_arg, exit_on
 from tune_ct.data.files import CLASSES
-from tune_ct.model.preprocess import preprocessing_of
-from tune_ct.registry.models import ModelLoadError, load_model
+from tune_ct.registry.models import LoadedModel, ModelLoadError, load_model
 from tune_ct.registry.onnx_export import onnx_network, onnx_session
-from tune_ct.registry.predict import Network, Prediction, predict_files, torch_network
+from tune_ct.registry.classify import Network, Prediction, predict_files, torch_network
 from tune_ct.track.uri import resolve_tracking_uri
 
 RUNTIMES = ("torch", "onnx")
@@ -46,17 +45,17 @@ def parse_args(argv):
     return args
 
 
-def network_for(args, model, meta: dict) -> Network:
+def network_for(args, model, loaded: LoadedModel) -> Network:
     """The --runtime's network; --threads applies to either runtime."""
     if args.runtime == "torch":
         if args.threads:
             torch.set_num_threads(args.threads)
         return torch_network(model)
-    if not meta.get("onnx_file"):
-        why = meta.get("onnx") or "registered before the ONNX export, or not a registered version"
+    if not loaded.onnx_file:
+        why = loaded.metadata.get("onnx") or "registered before the ONNX export, or not a registered version"
         raise ModelLoadError(f"{args.model} carries no ONNX export ({why}); use --runtime torch")
     try:
-        return onnx_network(onnx_session(meta["onnx_file"], args.threads))
+        return onnx_network(onnx_session(loaded.onnx_file, args.threads))
     except ImportError as exc:
         raise ModelLoadError(f"--runtime onnx needs onnxruntime ({exc}): pip install onnxruntime") from exc
 
@@ -79,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
 
-    def run() -> int:
-        model, meta = load_model(args.model, tracking_uri)
-        preds = predict_files(model, int(meta["image_size"]), args.files, args.gradcam,
-                              preprocessing=preprocessing_of(meta), network=network_for(args, model, meta))
+    def predict() -> int:
+        model, loaded = load_model(args.model, tracking_uri)
+        preds = predict_files(model, loaded.checkpoint.image_size, args.files, args.gradcam,
+                              preprocessing=loaded.checkpoint.film, network=network_for(args, model, loaded))
         print_predictions(args.model, preds, args.json)
         return 1 if any(pr.error for pr in preds) else 0
 
-    return exit_on((ModelLoadError,), run)
+    return exit_on((ModelLoadError,), predict)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from tune_ct.commands.common import add_data_args, add_tracking_arg, console_log
 from tune_ct.data.files import DataError
 from tune_ct.registry.gates import DEFAULT_GATES, GateError
 from tune_ct.registry.models import ModelLoadError
-from tune_ct.registry.promote import PromoteOptions, promote
+from tune_ct.registry.promotion import PromoteOptions, promote
 from tune_ct.track.uri import resolve_tracking_uri
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tune_ct.commands.common import add_tracking_arg
-from tune_ct.evaluate.search_report import find_parent, write_report
+from tune_ct.search.markdown_report import find_parent, write_report
 from tune_ct.track.uri import connect, resolve_tracking_uri
 
 

@@ -1,10 +1,9 @@
-"""The search: Ray Tune + Optuna (TPE) + ASHA over Ray Train trials, tracked in MLflow, tested once at the end.
+"""The search: Ray Tune + Optuna (TPE) + ASHA over the trials, tracked in MLflow, tested once at the end.
 
     python -m tune_ct.search --data DIR --space search_spaces/cpu_quick.yaml
 
-Flow: validate the space -> update the locked manifest -> cache train/val images -> Tune runs trials (each a
-Ray Train TorchTrainer) -> the best checkpoint by val metric is evaluated once on the locked test split ->
-everything is logged under one MLflow parent run and summarised.
+Parse the command line into SearchOptions, run the search stage (tune_ct.search.pipeline), print its summary
+and write it to --summary.
 """
 
 from __future__ import annotations
@@ -16,14 +15,14 @@ from pathlib import Path
 from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_logging, data_settings, exit_on,
                                      quiet_libraries, write_json)
 from tune_ct.data.files import DataError
-from tune_ct.commands.search_steps import SearchOptions, run_search
+from tune_ct.model.networks import PretrainedError
 from tune_ct.registry.models import DEFAULT_REGISTER_NAME
+from tune_ct.search.options import SearchOptions
 from tune_ct.track.server import TrackingError
 from tune_ct.track.study import StudyError, resolve_storage_url
 from tune_ct.track.uri import resolve_tracking_uri
 from tune_ct.train.resources import ClusterError
 from tune_ct.train.resume import ResumeError
-from tune_ct.model.networks import PretrainedError
 from tune_ct.train.space import SpaceError, parse_duration
 from tune_ct.train.storage import resolve_storage
 from tune_ct.train.tuner import SCHEDULERS, SEARCHERS
@@ -109,23 +108,27 @@ def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
     )
 
 
+def search(options: SearchOptions) -> int:
+    from tune_ct.search.console import print_outcome
+    from tune_ct.search.pipeline import run_search
+
+    try:
+        summary, logged = run_search(options)
+    except KeyboardInterrupt:
+        return 130  # the resume command was printed
+    print_outcome(summary)
+    if options.summary:
+        write_json(options.summary, {**summary.to_dict(), **logged})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     console_logging(args.verbose)
     quiet_libraries(args.verbose)
     errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError, StudyError, PretrainedError)
-
-    def run() -> int:
-        try:
-            summary = run_search(options_from(args, argv))
-        except KeyboardInterrupt:
-            return 130  # the resume command was printed
-        if args.summary:
-            write_json(args.summary, summary)
-        return 0
-
-    return exit_on(errors, run)
+    return exit_on(errors, lambda: search(options_from(args, argv)))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ The data command (`python -m tune_ct.data`), the search, the evaluation and the 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,7 @@ from pathlib import Path
 from tune_ct.data import manifest as mf
 from tune_ct.data.files import resolve_data_dir
 from tune_ct.data.subsets import write_split_subset
-
-WORKDIR_ENV = "TUNE_CT_WORKDIR"
+from tune_ct.data.workdir import WorkFolder
 
 
 @dataclass
@@ -34,27 +32,19 @@ class DataSettings:
     """Where the data is and how a limited sample is drawn: the same for every command."""
 
     data: str | Path | None  # --data, else $TUNE_CT_DATA
-    workdir: Path
+    work: WorkFolder
     sources: Path | None = None
     seed: int = 0
     limit_per_class: int | None = None
     manifest_path: Path | None = None
 
 
-def default_workdir() -> Path:
-    return Path(os.environ.get(WORKDIR_ENV, ".tune_ct")).resolve()
-
-
-def manifest_path_for(root: Path, workdir: Path) -> Path:
-    return workdir / "manifests" / f"{root.name.replace(' ', '_')}.manifest.json"
-
-
 def prepare(settings: DataSettings) -> Prepared:
     """Build or update the locked manifest, and write the train/val file list that trials may read."""
     started = time.monotonic()
     root = resolve_data_dir(settings.data)
-    path = settings.manifest_path or manifest_path_for(root, settings.workdir)
+    path = settings.manifest_path or settings.work.manifest(root)
     manifest, report = mf.build(root, path, mf.BuildOptions(sources=settings.sources, seed=settings.seed))
-    trainval, usable = write_split_subset(manifest, root, settings.workdir, settings.limit_per_class, settings.seed,
+    trainval, usable = write_split_subset(manifest, root, settings.work, settings.limit_per_class, settings.seed,
                                           ("train", "val"), "trainval")
     return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tune_ct.data.files import DataError
 from tune_ct.data.manifest import Entry, Manifest, limit_per_class
+from tune_ct.data.workdir import WorkFolder
 
 SUBSET_VERSION = 1
 
@@ -48,10 +49,10 @@ def read_subset(path: Path) -> dict:
     return subset
 
 
-def subset_path(workdir: Path, manifest_hash: str, limit_per_class: int | None, seed: int, part: str) -> Path:
+def subset_path(work: WorkFolder, manifest_hash: str, limit_per_class: int | None, seed: int, part: str) -> Path:
     """Where a file list lives; a limited sample depends on the seed, so the seed is in its name."""
     suffix = f"-limit{limit_per_class}-seed{seed}" if limit_per_class else ""
-    return workdir / "subsets" / f"{manifest_hash}{suffix}.{part}.json"
+    return work.subset(f"{manifest_hash}{suffix}.{part}")
 
 
 def sample(manifest: Manifest, limit: int | None, seed: int) -> list[Entry]:
@@ -59,10 +60,10 @@ def sample(manifest: Manifest, limit: int | None, seed: int) -> list[Entry]:
     return limit_per_class(manifest.entries, limit, seed) if limit else list(manifest.entries)
 
 
-def write_split_subset(manifest: Manifest, data_root: Path, workdir: Path, limit: int | None, seed: int,
+def write_split_subset(manifest: Manifest, data_root: Path, work: WorkFolder, limit: int | None, seed: int,
                        splits: tuple[str, ...], part: str, keep=None) -> tuple[Path, list[Entry]]:
     """The file list of some splits of the (sampled) manifest, optionally filtered by `keep(entry)`."""
     entries = [e for e in sample(manifest, limit, seed) if e.split in splits and (keep is None or keep(e))]
-    path = subset_path(workdir, manifest.hash, limit, seed, part)
+    path = subset_path(work, manifest.hash, limit, seed, part)
     write_subset(path, data_root, entries, manifest.hash)
     return path, entries

@@ -1,7 +1,9 @@
-"""Evaluate a trained model on one split of a dataset: the locked test split, never used for tuning.
+"""Score a trained model once on a set of films it was never tuned on: the locked test split, or an external set.
 
-`locked_test_set` updates the manifest (the split stays locked) and writes the test file list; `evaluate_model`
-runs the model over the cached images of a split and keeps the probabilities for every later figure.
+`locked_test_set` / `locked_split_of` give the locked test split of a dataset as a `TestSet` (the manifest updated,
+the split kept locked, the test file list written); `evaluate_on` is the one way a model is scored on a TestSet:
+the search's winner, `evaluate`, `promote`, `origins` and external sets all go through it. It runs the model over
+the cached films (with the model's own film preprocessing) and keeps the probabilities for every later figure.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import torch
 from tune_ct.data.cache import open_or_build
 from tune_ct.data.files import CLASSES
 from tune_ct.data.manifest import Manifest, origin_map
-from tune_ct.data.prepare import DataSettings, prepare
+from tune_ct.data.prepare import DataSettings, Prepared, prepare
 from tune_ct.data.subsets import write_split_subset
 from tune_ct.evaluate.metrics import classification_metrics, majority_baseline_macro_f1, per_class_recall
+from tune_ct.model.checkpoint import CheckpointMeta
 from tune_ct.model.inference import autocast_dtype, predict
-from tune_ct.model.preprocess import Preprocessing, per_film, preprocessing_of
+from tune_ct.model.preprocess import per_film
 
 log = logging.getLogger(__name__)
 
@@ -49,53 +52,50 @@ class Evaluation:
         }
 
 
-def write_test_subset(manifest: Manifest, root: Path, workdir: Path, limit: int | None, seed: int) -> Path:
-    return write_split_subset(manifest, root, workdir, limit, seed, ("test",), "test")[0]
-
-
-def evaluate_model(model: torch.nn.Module, image_size: int, subset_path: Path, cache_root: Path,
-                   split: str = "test", batch_size: int = 64, device: str | None = None,
-                   origins: dict[str, str] | None = None, preprocessing: Preprocessing | None = None) -> Evaluation:
-    """`preprocessing`: what the model was trained with (equalisation, lung crop), applied to every film."""
-    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data = open_or_build(subset_path, image_size, cache_root, per_film=per_film(preprocessing))
-    idx = data.indices(split)
-    if len(idx) == 0:
-        raise ValueError(f"subset {subset_path} has no {split} images")
-    model = model.to(device_t).to(memory_format=torch.channels_last)
-    probs = predict(model, data.pixels, idx, batch_size, device_t, autocast_dtype("auto", device_t))
-    y_true = data.labels[idx]
-    metrics = classification_metrics(y_true, probs.argmax(1), prefix=f"{split}_")
-    files = [data.files[i] for i in idx]
-    known = [origins.get(f, "unknown") for f in files] if origins else None
-    if known and all(o == "unknown" for o in known):
-        known = None
-    return Evaluation(split, files, y_true, probs, metrics, known)
-
-
-@dataclass
+@dataclass(frozen=True)
 class TestSet:
-    """The locked test split of a dataset, ready to evaluate any model on."""
+    """Films a model is scored on once: the locked test split of a dataset (`manifest` set), or an external set."""
 
     root: Path
-    manifest: Manifest
     subset: Path
     cache_root: Path
     origins: dict[str, str]
+    split: str = "test"
+    manifest: Manifest | None = None
+
+
+def locked_split_of(prep: Prepared, settings: DataSettings) -> TestSet:
+    """The locked test split of a prepared dataset (the same sample --limit-per-class draws for the search);
+    origins from the manifest, or from a sources CSV when given."""
+    subset = write_split_subset(prep.manifest, prep.root, settings.work, settings.limit_per_class, settings.seed,
+                                ("test",), "test")[0]
+    return TestSet(prep.root, subset, settings.work.cache, origin_map(prep.manifest, settings.sources),
+                   manifest=prep.manifest)
 
 
 def locked_test_set(settings: DataSettings) -> TestSet:
-    """Update the manifest (the split stays locked) and write the test file list; origins from the manifest,
-    or from a sources CSV when given."""
+    """Update the manifest (the split stays locked) and give its test split."""
     prep = prepare(settings)
     if prep.report.test_missing or prep.report.test_changed:
         log.warning("WARNING: the locked test split changed since it was locked (see `python -m tune_ct.data`); "
                     "figures are not comparable with earlier ones")
-    subset = write_test_subset(prep.manifest, prep.root, settings.workdir, settings.limit_per_class, settings.seed)
-    return TestSet(prep.root, prep.manifest, subset, settings.workdir / "cache",
-                   origin_map(prep.manifest, settings.sources))
+    return locked_split_of(prep, settings)
 
 
-def evaluate_on(model, meta: dict, test: TestSet) -> Evaluation:
-    return evaluate_model(model, int(meta["image_size"]), test.subset, test.cache_root, origins=test.origins,
-                          preprocessing=preprocessing_of(meta))
+def evaluate_on(model: torch.nn.Module, meta: CheckpointMeta, test: TestSet, batch_size: int = 64,
+                device: str | None = None) -> Evaluation:
+    """The model's figures on the test set's films, read through the model's own film preprocessing."""
+    device_t = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    data = open_or_build(test.subset, meta.image_size, test.cache_root, per_film=per_film(meta.film))
+    idx = data.indices(test.split)
+    if len(idx) == 0:
+        raise ValueError(f"subset {test.subset} has no {test.split} images")
+    model = model.to(device_t).to(memory_format=torch.channels_last)
+    probs = predict(model, data.pixels, idx, batch_size, device_t, autocast_dtype("auto", device_t))
+    y_true = data.labels[idx]
+    metrics = classification_metrics(y_true, probs.argmax(1), prefix=f"{test.split}_")
+    files = [data.files[i] for i in idx]
+    known = [test.origins.get(f, "unknown") for f in files] if test.origins else None
+    if known and all(o == "unknown" for o in known):
+        known = None
+    return Evaluation(test.split, files, y_true, probs, metrics, known)

@@ -26,16 +26,6 @@ class Augment:
     contrast: float = 0.0  # factor uniform in [1 - c, 1 + c] around the image mean
     hflip: bool = False
 
-    @classmethod
-    def from_config(cls, config: dict) -> "Augment":
-        return cls(
-            rotation_deg=float(config.get("aug_rotation_deg", 0.0)),
-            crop_scale_min=float(config.get("aug_crop_scale_min", 1.0)),
-            brightness=float(config.get("aug_brightness", 0.0)),
-            contrast=float(config.get("aug_contrast", 0.0)),
-            hflip=bool(config.get("aug_hflip", False)),
-        )
-
     @property
     def geometric(self) -> bool:
         return self.rotation_deg > 0 or self.crop_scale_min < 1.0 or self.hflip

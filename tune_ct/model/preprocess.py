@@ -28,24 +28,12 @@ class Preprocessing:
     segmenter: str | None = None  # the lung segmenter file, when lung_crop
 
     @classmethod
-    def from_hp(cls, hp: dict, segmenter: str | None = None) -> "Preprocessing":
-        lung_crop = bool(hp.get("lung_crop", False))
+    def chosen(cls, equalize: str, lung_crop: bool, segmenter: str | Path | None) -> "Preprocessing":
+        """What a trial's hyperparameters ask for, with the search's segmenter when it crops to the lungs."""
         if lung_crop and not segmenter:
             raise ValueError("lung_crop: true needs the dataset's lung segmenter, and none was given: the search "
                              "trains one from the masks/ folders before the first trial")
-        return cls(str(hp.get("equalize", "none")), lung_crop, str(segmenter) if lung_crop else None)
-
-    @classmethod
-    def from_saved(cls, saved: dict, folder: Path | None = None) -> "Preprocessing":
-        """The preprocessing a checkpoint or registered model was trained with; a relative segmenter path is
-        inside the model's own folder (a registered model carries its segmenter)."""
-        described = saved.get("film_preprocessing")
-        if not described:
-            return cls(str(saved.get("hp", {}).get("equalize", "none")))
-        segmenter = described.get("segmenter")
-        if segmenter and folder is not None and not Path(segmenter).is_absolute():
-            segmenter = str(Path(folder) / segmenter)
-        return cls(described.get("equalize", "none"), bool(described.get("lung_crop")), segmenter)
+        return cls(str(equalize), bool(lung_crop), str(segmenter) if lung_crop else None)
 
     @property
     def identity(self) -> bool:
@@ -116,9 +104,3 @@ def per_film(prep: Preprocessing | None) -> PerFilm | None:
         return None
     fn = FilmPreprocessor(prep)
     return PerFilm(key=prep.key(), apply=fn, stats=fn.stats)
-
-
-def preprocessing_of(meta: dict) -> Preprocessing:
-    """The Preprocessing of a loaded model's metadata (tune_ct.registry.models.load_model resolves its paths)."""
-    described = meta.get("film_preprocessing") or {}
-    return Preprocessing(described.get("equalize", "none"), bool(described.get("lung_crop")), described.get("segmenter"))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from tune_ct.data.external import NAME_PATTERN
+from tune_ct.data.external_set import NAME_PATTERN
 from tune_ct.data.files import CLASSES
+from tune_ct.track import tags
 
 DEFAULT_GATES = Path(__file__).with_name("gates.yaml")
 GATE_DEFAULTS = {"min_macro_f1": 0.70, "min_covid_recall": 0.80, "max_class_drop": 0.05, "per_class_metric": "recall",
@@ -107,19 +108,19 @@ def _number(raw) -> float | None:
         return None
 
 
-def external_gates(minimums: dict, tags: dict, model: str | None) -> list[GateResult]:
+def external_gates(minimums: dict, version_tags: dict, model: str | None) -> list[GateResult]:
     """One gate per named external set: the macro-F1 tag at least the minimum. No tag, no pass: the candidate
     has not been scored on that set yet."""
     out = []
     for name, minimum in minimums.items():
-        key = f"tune_ct.external.{name}.macro_f1"
-        raw, value = tags.get(key), _number(tags.get(key))
+        key = tags.external_figure(name, "macro_f1")
+        raw, value = version_tags.get(key), _number(version_tags.get(key))
         if value is None:
             what = f"no tag {key}" if raw is None else f"tag {key} is {raw!r}, not a number"
             detail = (f"{what}: run `python -m tune_ct.evaluate --model {model or 'models:/M/V'} --external DIR "
                       f"--name {name}` first")
         else:
-            detail = f"macro-F1 on external set {name} (hash {tags.get(f'tune_ct.external.{name}.hash')})"
+            detail = f"macro-F1 on external set {name} (hash {version_tags.get(tags.external_figure(name, 'hash'))})"
         out.append(GateResult(f"min_external_macro_f1[{name}]", minimum, value,
                               value is not None and value >= minimum, detail))
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,9 @@ import torch
 
 from tune_ct.data.files import CLASSES
 from tune_ct.model.augment import MEAN, STD, to_model_input
-from tune_ct.model.checkpoint import CHECKPOINT_FILE, load_checkpoint_model, save_weights
-from tune_ct.model.preprocess import Preprocessing
+from tune_ct.model.checkpoint import CHECKPOINT_FILE, CheckpointMeta, load_checkpoint_model, save_weights
 from tune_ct.registry.onnx_export import ONNX_FILE
+from tune_ct.track import tags
 
 DEFAULT_REGISTER_NAME = "cxr-classifier"
 WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder (see WEIGHTS_DIRS)
@@ -34,6 +35,26 @@ WEIGHTS_DIRS = (ARTIFACTS_DIR, "extra_files")  # where model.pt is: this layout,
 
 class ModelLoadError(RuntimeError):
     """A model URI or checkpoint that cannot be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What a loaded model says of itself: its checkpoint metadata (network, image size, film preprocessing), the
+    registered model's MLmodel metadata ({} for a checkpoint folder) and its local ONNX export, if any."""
+
+    uri: str
+    checkpoint: CheckpointMeta
+    metadata: dict
+    onnx_file: str | None = None
+
+    @property
+    def data(self) -> str | None:
+        """The dataset folder the model was trained on, as recorded at registration."""
+        return self.metadata.get("data")
+
+    @property
+    def title(self) -> str:
+        return f"{self.uri} ({self.checkpoint.title})"
 
 
 def preprocessing(image_size: int) -> dict:
@@ -48,16 +69,16 @@ def preprocessing(image_size: int) -> dict:
     }
 
 
-def model_metadata(saved: dict, extra: dict | None = None, folder: Path | None = None) -> dict:
-    """`folder`: where a logged model was downloaded (its segmenter path is relative to it)."""
+def model_metadata(meta: CheckpointMeta, extra: dict | None = None) -> dict:
+    """The MLmodel metadata of a registered version: what it is and what a caller must do to a film."""
     return {
-        "classes": list(saved.get("classes", CLASSES)),
-        "backbone": saved["backbone"],
-        "image_size": int(saved["image_size"]),
-        "preprocessing": preprocessing(int(saved["image_size"])),
-        "film_preprocessing": Preprocessing.from_saved(saved, folder).describe(),
-        "hp": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in saved.get("hp", {}).items()},
-        "epoch": int(saved.get("epoch", 0)),
+        "classes": list(meta.classes),
+        "backbone": meta.backbone,
+        "image_size": meta.image_size,
+        "preprocessing": preprocessing(meta.image_size),
+        "film_preprocessing": meta.film.describe(),
+        "hp": {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in meta.hp.items()},
+        "epoch": meta.epoch,
         **(extra or {}),
     }
 
@@ -77,22 +98,28 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def stage_files(folder: Path, model: torch.nn.Module, saved: dict, carried: dict, film: Preprocessing) -> dict:
+def carried(meta: CheckpointMeta) -> CheckpointMeta:
+    """The metadata a registered model carries: its lung segmenter (if any) inside the model's own folder."""
+    if not meta.film.lung_crop:
+        return meta
+    return meta.with_film(replace(meta.film, segmenter=f"{ARTIFACTS_DIR}/{SEGMENTER_FILE}"))
+
+
+def stage_files(folder: Path, model: torch.nn.Module, meta: CheckpointMeta) -> dict:
     """model.pt (weights-only checkpoint) and, for a lung-crop model, lungs.pt in `folder`, by artifact name."""
     from tune_ct.registry import serving
 
     files = {serving.WEIGHTS: folder / WEIGHTS_FILE}
-    save_weights(files[serving.WEIGHTS], model, {**saved.get("hp", {}), "backbone": saved["backbone"],
-                                                 "image_size": saved["image_size"]}, int(saved.get("epoch", 0)),
-                 {"film_preprocessing": carried})
-    if film.lung_crop:
+    save_weights(files[serving.WEIGHTS], model, carried(meta))
+    if meta.film.lung_crop:
         files[serving.SEGMENTER] = folder / SEGMENTER_FILE
-        shutil.copyfile(film.segmenter, files[serving.SEGMENTER])
+        shutil.copyfile(meta.film.segmenter, files[serving.SEGMENTER])
     return {name: str(path) for name, path in files.items()}
 
 
-def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, saved: dict, example: np.ndarray,
-                     register_name: str | None, metadata: dict | None = None, version_tags: dict | None = None):
+def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, meta: CheckpointMeta,
+                     example: np.ndarray, register_name: str | None, metadata: dict | None = None,
+                     version_tags: dict | None = None):
     """Log the model to run_id and register it. Returns (model_uri, version or None). `example`: real films
     (N x S x S uint8, as the network sees them): the ONNX export is checked on them."""
     import mlflow
@@ -103,25 +130,23 @@ def log_and_register(tracking_uri: str, run_id: str, model: torch.nn.Module, sav
 
     model = model.float().eval().to("cpu").to(memory_format=torch.contiguous_format)
     x = to_model_input(torch.from_numpy(np.array(example, dtype=np.uint8)))
-    film = Preprocessing.from_saved(saved)
-    carried = {**film.describe(), "segmenter": f"{ARTIFACTS_DIR}/{SEGMENTER_FILE}" if film.lung_crop else None}
     client = connect(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = stage_files(Path(tmp), model, saved, carried, film)
+        artifacts = stage_files(Path(tmp), model, meta)
         onnx = export_checked(model, x, Path(tmp))
         if onnx.path is not None:
             artifacts[serving.ONNX] = str(onnx.path)
-        meta = model_metadata({**saved, "film_preprocessing": carried}, {**(metadata or {}), "onnx": onnx.tag})
+        described = model_metadata(carried(meta), {**(metadata or {}), "onnx": onnx.tag})
         # extra_files: the segmenter again, beside the pickle, for mlflow.pytorch users (the crop needs it).
-        extra = [artifacts[serving.SEGMENTER]] if film.lung_crop else []
+        extra = [artifacts[serving.SEGMENTER]] if meta.film.lung_crop else []
         with mlflow.start_run(run_id=run_id):
-            info = serving.log_film_model(model, artifacts, extra, np.asarray(example, np.uint8), meta,
+            info = serving.log_film_model(model, artifacts, extra, np.asarray(example, np.uint8), described,
                                           pip_requirements(), register_name)
     version = getattr(info, "registered_model_version", None)
     if register_name and version is not None:
-        for key, value in {"tune_ct.backbone": meta["backbone"], "tune_ct.image_size": meta["image_size"],
-                           "tune_ct.classes": ",".join(meta["classes"]), "tune_ct.source_run_id": run_id,
-                           "tune_ct.onnx": onnx.tag, **(version_tags or {})}.items():
+        for key, value in {tags.BACKBONE: meta.backbone, tags.IMAGE_SIZE: meta.image_size,
+                           tags.CLASSES: ",".join(meta.classes), tags.SOURCE_RUN_ID: run_id,
+                           tags.ONNX: onnx.tag, **(version_tags or {})}.items():
             client.set_model_version_tag(register_name, str(version), key, str(value))
     return info.model_uri, version
 
@@ -141,40 +166,42 @@ def _local_model_dir(uri: str, tracking_uri: str) -> Path:
                              "--tracking-uri") from exc
 
 
-def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, dict]:
-    """A model in eval mode and its metadata (classes, backbone, image_size, preprocessing, ..., `onnx_file`: the
-    local ONNX export or None), from a `models:/` / `runs:/` URI or a trial checkpoint folder or file."""
+def load_model(ref: str, tracking_uri: str) -> tuple[torch.nn.Module, LoadedModel]:
+    """A model in eval mode and what it says of itself, from a `models:/` / `runs:/` URI or a trial checkpoint
+    folder or file."""
     if "://" not in ref and ":/" not in ref:
         path = Path(ref).expanduser()
         if not path.exists():
             raise ModelLoadError(f"{ref}: no such checkpoint; pass a checkpoint folder (with {WEIGHTS_FILE}) or a "
                                  "model URI such as models:/cxr-classifier@champion")
-        model, saved = load_checkpoint_model(path)
-        return model, model_metadata(saved, {"uri": str(path.resolve()), "onnx_file": None})
+        model, meta = load_checkpoint_model(path)
+        return model, LoadedModel(str(path.resolve()), meta, {})
     folder = _local_model_dir(ref, tracking_uri)
     from mlflow.models import Model
 
     try:
-        meta = dict(Model.load(str(folder)).metadata or {})
+        metadata = dict(Model.load(str(folder)).metadata or {})
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a folder that is not a model
         raise ModelLoadError(f"{ref} is not an MLflow model ({exc})") from exc
+    if list(metadata.get("classes", CLASSES)) != list(CLASSES):
+        raise ModelLoadError(f"{ref} predicts classes {metadata.get('classes')}, expected {list(CLASSES)}")
+    model, meta = _network(ref, folder, metadata)
+    onnx_file = folder / ARTIFACTS_DIR / ONNX_FILE
+    return model, LoadedModel(ref, meta, metadata, str(onnx_file) if onnx_file.is_file() else None)
+
+
+def _network(ref: str, folder: Path, metadata: dict) -> tuple[torch.nn.Module, CheckpointMeta]:
+    """The network rebuilt weights-only from model.pt, or (a model logged without it) MLflow's pickle."""
     weights = next((folder / d / WEIGHTS_FILE for d in WEIGHTS_DIRS if (folder / d / WEIGHTS_FILE).is_file()), None)
     if weights is not None:
-        model, saved = load_checkpoint_model(weights)  # weights-only: never runs code from the store
-        meta = {**meta, **model_metadata(saved, folder=folder)}
-    else:
-        import mlflow
+        return load_checkpoint_model(weights, folder)  # weights-only: never runs code from the store
+    import mlflow
 
-        if "image_size" not in meta:
-            raise ModelLoadError(f"{ref} carries neither {WEIGHTS_FILE} nor image_size metadata: not a tune_ct model")
-        model = mlflow.pytorch.load_model(str(folder), map_location="cpu")  # pickle: trusted stores only
-        model.eval()
-    onnx_file = folder / ARTIFACTS_DIR / ONNX_FILE
-    meta["onnx_file"] = str(onnx_file) if onnx_file.is_file() else None
-    if list(meta.get("classes", CLASSES)) != list(CLASSES):
-        raise ModelLoadError(f"{ref} predicts classes {meta.get('classes')}, expected {list(CLASSES)}")
-    meta["uri"] = ref
-    return model, meta
+    if "image_size" not in metadata:
+        raise ModelLoadError(f"{ref} carries neither {WEIGHTS_FILE} nor image_size metadata: not a tune_ct model")
+    model = mlflow.pytorch.load_model(str(folder), map_location="cpu")  # pickle: trusted stores only
+    model.eval()
+    return model, CheckpointMeta.read({**metadata, "hp": metadata.get("hp") or {}}, folder)
 
 
 def resolve_version(client, name: str, version: str | None = None, alias: str | None = None):

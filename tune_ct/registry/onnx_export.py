@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tune_ct.registry.predict import Network, probabilities, torch_network
+from tune_ct.registry.classify import Network, probabilities, torch_network
 
 log = logging.getLogger(__name__)
 

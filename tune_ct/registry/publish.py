@@ -1,5 +1,6 @@
 """Publish the best model of a search: its full test evaluation, Grad-CAM and lung focus, the data overview,
-and a new registered version, all on the search's parent run."""
+and a new registered version, all on the search's parent run. Nothing here prints: the search's console reads
+what `publish_best` returns."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import torch
 
 from tune_ct.data.cache import open_or_build
 from tune_ct.data.files import CLASSES
-from tune_ct.data.manifest import origin_map
 from tune_ct.evaluate import gradcam
-from tune_ct.evaluate.evaluation import Evaluation
-from tune_ct.evaluate.full_report import format_report, full_report, log_report
-from tune_ct.model.preprocess import Preprocessing, per_film
+from tune_ct.evaluate.evaluation import Evaluation, TestSet
+from tune_ct.evaluate.full_report import full_report, log_report
+from tune_ct.model.checkpoint import CheckpointMeta
+from tune_ct.model.preprocess import per_film
 from tune_ct.registry.models import DEFAULT_REGISTER_NAME, log_and_register
+from tune_ct.track import tags
 from tune_ct.track.figures import pyplot, save_figure
 from tune_ct.track.runs import log_json
 
@@ -29,39 +31,38 @@ class BestModel:
     """The search's winner, rebuilt from its checkpoint, and its evaluation on the locked test split."""
 
     model: torch.nn.Module
-    saved: dict  # the checkpoint's metadata (backbone, image_size, hp, epoch)
+    meta: CheckpointMeta
     evaluation: Evaluation
-    test_subset: Path
-    cache_root: Path
+    test: TestSet
 
-    @property
-    def image_size(self) -> int:
-        return int(self.saved["image_size"])
+
+@dataclass(frozen=True)
+class Published:
+    """What publishing the winner produced: its full test report, lung focus and registered version."""
+
+    report: dict  # the full locked-test report (tune_ct.evaluate.full_report)
+    lung_focus: dict
+    model_uri: str
+    registered_model: str | None
+    registered_version: str | None
 
 
 def publish_best(client, parent_id: str, best: BestModel, prep, register_name: str | None = DEFAULT_REGISTER_NAME,
-                 gallery_per_class: int = 4, seed: int = 0) -> dict:
-    """Log the full evaluation, Grad-CAM, lung focus and data overview; log and register the model. Returns what
-    it logged (for the summary)."""
+                 gallery_per_class: int = 4, seed: int = 0) -> Published:
+    """Log the full evaluation, Grad-CAM, lung focus and data overview; log and register the model."""
     evaluation = best.evaluation
-    if evaluation.origins is None:
-        origins = origin_map(prep.manifest)
-        evaluation.origins = [origins.get(f, "unknown") for f in evaluation.files] if origins else None
     report = full_report(evaluation, seed=seed)
     report.update({"manifest_hash": prep.manifest.hash, "data": str(prep.root)})
-    print("\n" + format_report(report, f"best model ({best.saved['backbone']}, {best.image_size}px)"))
     log_report(client, parent_id, report, "best model")
     # The same cache the evaluation read: the films as the model saw them (cropped, equalised).
-    data = open_or_build(best.test_subset, best.image_size, best.cache_root,
-                         per_film=per_film(Preprocessing.from_saved(best.saved)))
+    data = open_or_build(best.test.subset, best.meta.image_size, best.test.cache_root, per_film=per_film(best.meta.film))
     pixels = np.asarray(data.pixels[np.array([data.files.index(f) for f in evaluation.files])])
     focus = log_gradcam(client, parent_id, best, prep.root, pixels, gallery_per_class, seed)
     log_data_overview(client, parent_id, prep, pixels, evaluation)
     # The ONNX export is checked on 16 test films spread over the split (it is sorted by class), not on one.
     spread = np.unique(np.linspace(0, len(pixels) - 1, min(16, len(pixels))).astype(int))
     uri, version = register(client, parent_id, best, prep, report, pixels[spread], register_name)
-    return {"model_uri": uri, "registered_model": register_name, "registered_version": version,
-            "lung_focus": focus, "test_ece": report["ece"], "test_ci95": report["ci95"]}
+    return Published(report, focus, uri, register_name or None, version)
 
 
 def log_gradcam(client, parent_id: str, best: BestModel, data_root: Path, pixels: np.ndarray, per_class: int,
@@ -78,11 +79,11 @@ def log_gradcam(client, parent_id: str, best: BestModel, data_root: Path, pixels
     files_m = [ev.files[i] for i in masked]
     boxes = lung_boxes(best, data_root, files_m)
     focus = gradcam.lung_focus_scores(data_root, files_m, ev.y_true[masked], cams[masked], ev.split, boxes)
-    focus["uniform_cam_baseline"] = gradcam.mask_area_share(data_root, files_m, best.image_size, boxes)
+    focus["uniform_cam_baseline"] = gradcam.mask_area_share(data_root, files_m, best.meta.image_size, boxes)
     focus["seconds"] = round(time.monotonic() - started, 1)
     with tempfile.TemporaryDirectory() as tmp:
         gradcam.plot_gallery(pixels, cams, ev.y_true, y_pred, ev.probs, rows, Path(tmp) / "gradcam_gallery.png",
-                             f"Grad-CAM, {ev.split} split, predicted class ({best.saved['backbone']})")
+                             f"Grad-CAM, {ev.split} split, predicted class ({best.meta.backbone})")
         client.log_artifacts(parent_id, tmp, "gradcam")
     log_json(client, parent_id, focus, "lung_focus.json")
     log_focus_metrics(client, parent_id, focus, ev.split)
@@ -91,7 +92,7 @@ def log_gradcam(client, parent_id: str, best: BestModel, data_root: Path, pixels
 
 def lung_boxes(best: BestModel, data_root: Path, files: list[str]) -> dict | None:
     """For a lung_crop model, the crop of each film (its CAM covers the crop, so its mask must be cut the same)."""
-    film = Preprocessing.from_saved(best.saved)
+    film = best.meta.film
     if not film.lung_crop or not files:
         return None
     from tune_ct.data.files import decode_file
@@ -111,26 +112,18 @@ def log_focus_metrics(client, parent_id: str, focus: dict, split: str) -> None:
     if focus["all_with_masks"]["mean"] is not None:
         metrics[f"{split}_lung_focus_mean"] = focus["all_with_masks"]["mean"]
     client.log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    print(f"\nlung focus ({split} split, share of Grad-CAM mass inside the lung mask; an even spread "
-          f"would score {focus['uniform_cam_baseline'] or float('nan'):.2f}):")
-    for cls, v in focus["per_class"].items():
-        print(f"  {cls:<16} " + (f"{v['mean']:.3f} (n={v['n']})" if v["mean"] is not None else "n/a (no masks)"))
 
 
 def register(client, parent_id: str, best: BestModel, prep, report: dict, example: np.ndarray,
              register_name: str | None) -> tuple[str, str | None]:
     """Log the model on the parent run and, with a name, register it as a new version tagged with its figures."""
-    tags = {"tune_ct.manifest_hash": prep.manifest.hash, "tune_ct.data": str(prep.root),
-            **{f"tune_ct.{k}": f"{report[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1")},
-            "tune_ct.test_n": str(report["n"])}
+    version_tags = {tags.MANIFEST_HASH: prep.manifest.hash, tags.DATA: str(prep.root), tags.TEST_N: str(report["n"]),
+                    **{tags.test_figure(k): f"{report[k]:.4f}" for k in tags.TEST_FIGURES}}
     headline = {k: report[k] for k in ("split", "n", "accuracy", "balanced_accuracy", "macro_f1")}
-    uri, version = log_and_register(client.tracking_uri, parent_id, best.model, best.saved, example, register_name,
+    uri, version = log_and_register(client.tracking_uri, parent_id, best.model, best.meta, example, register_name,
                                     {"data": str(prep.root), "manifest_hash": prep.manifest.hash,
-                                     "test_metrics": headline}, tags)
-    if version is not None:
-        print(f"registered {register_name} version {version} ({uri}); promote it with "
-              f"`python -m tune_ct.promote --model {register_name} --version {version}`")
-    client.set_tag(parent_id, "tune_ct.model_uri", uri)
+                                     "test_metrics": headline}, version_tags)
+    client.set_tag(parent_id, tags.MODEL_URI, uri)
     return uri, version
 
 

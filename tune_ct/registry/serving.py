@@ -5,7 +5,7 @@
 
 One row comes back per film: the four class probabilities (columns named by class), `predicted`, and `error`
 (set, with the probabilities empty, for a film that cannot be decoded; the other films are still answered). The
-path is predict's (tune_ct.registry.predict.classify): decode -> per-film preprocessing -> resize -> network.
+path is predict's (tune_ct.registry.classify.classify): decode -> per-film preprocessing -> resize -> network.
 
 The model folder holds two flavors. `python_function` is this module's FilmClassifier, logged as code
 (models-from-code, tune_ct/registry/pyfunc_entry.py: nothing is unpickled to build it); its load_context rebuilds
@@ -39,9 +39,9 @@ import torch
 from tune_ct.data.cache import PerFilm
 from tune_ct.data.files import CLASSES
 from tune_ct.model.checkpoint import load_checkpoint_model
-from tune_ct.model.preprocess import Preprocessing, per_film
+from tune_ct.model.preprocess import per_film
 from tune_ct.registry.onnx_export import onnx_network, onnx_session
-from tune_ct.registry.predict import Network, Prediction, classify, decode_film, torch_network
+from tune_ct.registry.classify import Network, Prediction, classify, decode_film, torch_network
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +114,16 @@ def pick_network(model: torch.nn.Module, onnx_path: str | None, settings: Servin
 
 def load_served(artifacts: dict[str, str], settings: ServingSettings) -> Served:
     """Rebuild the network weights-only from the artifacts; never unpickles a module."""
-    model, saved = load_checkpoint_model(artifacts[WEIGHTS])
-    film = Preprocessing.from_saved(saved)
+    model, meta = load_checkpoint_model(artifacts[WEIGHTS])
+    film = meta.film
     if film.lung_crop:
         if not artifacts.get(SEGMENTER):
             raise ServingError(f"the model crops films to the lungs but carries no '{SEGMENTER}' artifact")
         film = replace(film, segmenter=artifacts[SEGMENTER])
     network, runtime = pick_network(model, artifacts.get(ONNX), settings)
     threads = settings.threads or "default"
-    log.info("serving %s at %d px with %s (%s intra-op threads)", saved["backbone"], saved["image_size"], runtime,
-             threads)
-    return Served(int(saved["image_size"]), per_film(film), network, runtime)
+    log.info("serving %s at %d px with %s (%s intra-op threads)", meta.backbone, meta.image_size, runtime, threads)
+    return Served(meta.image_size, per_film(film), network, runtime)
 
 
 def films_from_frame(frame: pd.DataFrame) -> tuple[list[Prediction], list[np.ndarray | None]]:

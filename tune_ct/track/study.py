@@ -15,8 +15,6 @@ import logging
 import os
 from pathlib import Path
 
-STORAGE_TAG = "tune_ct.optuna_storage"  # parent-run tags: where the study is and its name
-STUDY_TAG = "tune_ct.optuna_study"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from ray.tune import Callback
 
-from tune_ct.track.console import stop_reason
+from tune_ct.track import tags
+from tune_ct.track.trial_table import stop_reason
 from tune_ct.track.figures import plot_confusion_matrix
 from tune_ct.track.runs import flat_params
 
-TRIAL_ID_TAG = "tune_ct.trial_id"
-ORPHAN_TAG = "tune_ct.orphan"
 log = logging.getLogger(__name__)
 
 
@@ -134,7 +133,7 @@ class TrialTracker(Callback):
     def _find_run(self, trial_id: str) -> str | None:
         found = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
+            filter_string=f"tags.`{tags.TRIAL_ID}` = '{trial_id}' and tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'",
             max_results=1,
         )
         return found[0].info.run_id if found else None
@@ -148,7 +147,7 @@ class TrialTracker(Callback):
             config = dict(trial.config)
             run = self.client.create_run(
                 self.experiment_id,
-                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, TRIAL_ID_TAG: trial.trial_id,
+                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, tags.TRIAL_ID: trial.trial_id,
                       MLFLOW_RUN_NAME: f"{trial.trial_id}-{config.get('backbone', 'trial')}"},
             )
             run_id = run.info.run_id
@@ -216,8 +215,8 @@ class TrialTracker(Callback):
             if out_of_time:
                 self.stopped_by_time_budget.append(trial.trial_id)
             self._close(trial, RunStatus.to_string(RunStatus.FINISHED), {
-                "epochs_run": str(int((trial.last_result or {}).get("epoch", 0))),
-                "stopped_early": "time_budget" if out_of_time else "stopped at the end of the search",
+                tags.EPOCHS_RUN: str(int((trial.last_result or {}).get("epoch", 0))),
+                tags.STOPPED_EARLY: "time_budget" if out_of_time else "stopped at the end of the search",
             })
         return [t.trial_id for t in ended]
 
@@ -228,13 +227,13 @@ class TrialTracker(Callback):
         except Exception:  # noqa: BLE001 - server down: close it (the close is queued and retried)
             return True
 
-    def _close(self, trial, status: str, tags: dict[str, str]) -> None:
+    def _close(self, trial, status: str, run_tags: dict[str, str]) -> None:
         self.closed.add(trial.trial_id)
         result = dict(trial.last_result or {})  # copied now: a queued close must log this trial's last result
         self._log(f"close run of trial {trial.trial_id} ({status})",
-                  lambda: self._close_now(trial, result, status, tags))
+                  lambda: self._close_now(trial, result, status, run_tags))
 
-    def _close_now(self, trial, result: dict, status: str, tags: dict[str, str]) -> None:
+    def _close_now(self, trial, result: dict, status: str, run_tags: dict[str, str]) -> None:
         run_id = self.run_id(trial)
         matrix = result.get("val_confusion_matrix")
         if matrix:
@@ -244,7 +243,7 @@ class TrialTracker(Callback):
                                       f"val split, epoch {epoch}, trial {trial.trial_id}")
                 (Path(tmp) / "val_confusion_matrix.json").write_text(json.dumps({"epoch": epoch, "matrix": matrix}))
                 self.client.log_artifacts(run_id, tmp)
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
         self.client.set_terminated(run_id, status)
 
     def setup(self, **info):
@@ -257,13 +256,13 @@ class TrialTracker(Callback):
         if reason == "time_budget":
             self.stopped_by_time_budget.append(trial.trial_id)
         self._close(trial, RunStatus.to_string(RunStatus.FINISHED), {
-            "epochs_run": str(epochs_run),
-            "stopped_early": reason,
+            tags.EPOCHS_RUN: str(epochs_run),
+            tags.STOPPED_EARLY: reason,
         })
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = str(getattr(trial, "error_msg", None) or "trial failed")[:5000]
-        self._close(trial, RunStatus.to_string(RunStatus.FAILED), {"error": reason})
+        self._close(trial, RunStatus.to_string(RunStatus.FAILED), {tags.ERROR: reason})
 
     def get_state(self) -> dict:
         return {"runs": dict(self.runs), "system_steps": dict(self._system_steps), "closed": sorted(self.closed)}
@@ -280,9 +279,9 @@ def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: s
     A trial started moments before the search's driver died can be missing from Tune's last experiment snapshot;
     on --resume Tune samples a new trial in its place and the old trial's run would stay RUNNING for ever."""
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'")
-    orphans = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get(TRIAL_ID_TAG) not in trial_ids]
+    orphans = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get(tags.TRIAL_ID) not in trial_ids]
     for run in orphans:
-        client.set_tag(run.info.run_id, ORPHAN_TAG, "the driver died as this trial started, before Tune recorded "
+        client.set_tag(run.info.run_id, tags.ORPHAN, "the driver died as this trial started, before Tune recorded "
                                                     "it; the resumed search ran a new trial in its place")
         client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     return [r.info.run_id for r in orphans]

@@ -14,32 +14,32 @@ import tempfile
 import time
 from pathlib import Path
 
-from tune_ct.train.settings import RunSettings
+from tune_ct.train.settings import TrialSettings
 
 
-def actor_trial(config: dict, run: RunSettings) -> None:
+def actor_trial(config: dict, settings: TrialSettings) -> None:
     """Tune function trainable: one trial in this (possibly reused) actor process."""
     import torch
 
     from tune_ct.train.loop import LoopContext, fit
 
-    device = start_clean(run)
+    device = start_clean(settings)
     ctx = LoopContext(rank=0, world_size=1, device=device, prepare_model=lambda model: model.to(device),
                       report=report_to_tune, restore=restore_from_tune, open_cache=open_cache)
     try:
-        fit(config, run, ctx)
+        fit(config, settings, ctx)
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next trial in this actor gets the memory back
 
 
-def start_clean(run: RunSettings):
+def start_clean(settings: TrialSettings):
     """A reused actor must not hand one trial's state to the next: free the previous model and optimizer, reset
     the flags a trial may set. Seeds and the thread count are set by the loop itself for every trial."""
     import torch
 
     gc.collect()
-    use_cuda = bool(run.gpus_per_worker) and torch.cuda.is_available()
+    use_cuda = bool(settings.gpus_per_worker) and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.empty_cache()
     torch.backends.cudnn.benchmark = False

@@ -20,17 +20,19 @@ import torch.nn.functional as F
 from tune_ct.data.cache import CachedImages
 from tune_ct.data.files import CLASSES
 from tune_ct.model.augment import Augment, augment
-from tune_ct.model.checkpoint import TrainState
+from tune_ct.model.checkpoint import CheckpointMeta, TrainState
 from tune_ct.model.inference import autocast_dtype, cpu_ms_per_film, predict, to_device
 from tune_ct.model.networks import regularization_loss
-from tune_ct.train.settings import RunSettings
+from tune_ct.model.preprocess import Preprocessing
+from tune_ct.train.hyperparameters import Hyperparameters
+from tune_ct.train.settings import TrialSettings
 
 
 @dataclass
 class Training:
     """Everything one trial trains with, built once before the first epoch."""
 
-    hp: dict
+    hp: Hyperparameters
     data: CachedImages
     train_idx: np.ndarray
     val_idx: np.ndarray
@@ -40,12 +42,15 @@ class Training:
     class_weight: torch.Tensor | None
     dtype: torch.dtype | None
     cache_seconds: float
+    film: Preprocessing  # saved with each checkpoint: evaluation and predict apply the same
     external: CachedImages | None = None  # --select-on films, scored every epoch, never trained on
-    preprocessing: dict | None = None  # saved with each checkpoint: evaluation and predict apply the same
 
     @property
     def epochs(self) -> int:
-        return int(self.hp["epochs"])
+        return self.hp.epochs
+
+    def checkpoint_meta(self, epoch: int) -> CheckpointMeta:
+        return CheckpointMeta(self.hp.backbone, self.hp.image_size, self.hp.as_dict(), epoch, self.film)
 
 
 @dataclass
@@ -130,41 +135,40 @@ def train_epoch(model, optimizer, scheduler, pixels: np.ndarray, labels: torch.T
     return float(loss_sum), seen, timing
 
 
-def setup_training(hp: dict, run: RunSettings, ctx: LoopContext) -> Training:
+def setup_training(hp: Hyperparameters, settings: TrialSettings, ctx: LoopContext) -> Training:
     """Data, model, optimizer and schedule for one trial, on the context's device."""
     from tune_ct.data.cache import open_or_build
     from tune_ct.model.networks import build_model
-    from tune_ct.model.preprocess import Preprocessing, per_film
+    from tune_ct.model.preprocess import per_film
 
-    torch.set_num_threads(max(1, round(run.cpus_per_worker)))
+    torch.set_num_threads(max(1, round(settings.cpus_per_worker)))
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one image size per trial: pick the fastest kernels once
     t0 = time.perf_counter()
-    size = int(hp["image_size"])
-    preprocessing = Preprocessing.from_hp(hp, run.segmenter_path)
-    films = per_film(preprocessing)
+    film = Preprocessing.chosen(hp.equalize, hp.lung_crop, settings.segmenter_path)
+    films = per_film(film)
     open_cache = ctx.open_cache or (lambda subset, size, root, films: open_or_build(subset, size, root, per_film=films))
-    data = open_cache(run.subset_path, size, run.cache_root, films)
-    external = open_cache(run.ext_subset_path, size, run.cache_root, films) if run.ext_subset_path else None
+    data = open_cache(settings.subset_path, hp.image_size, settings.cache_root, films)
+    external = open_cache(settings.ext_subset_path, hp.image_size, settings.cache_root, films) \
+        if settings.ext_subset_path else None
     cache_seconds = time.perf_counter() - t0
     train_idx, val_idx = data.indices("train"), data.indices("val")
 
-    torch.manual_seed(run.seed)
-    model = build_model(hp["backbone"], size, run.weights.get(hp["backbone"]), bool(hp.get("pretrained", False)))
-    model = model.to(memory_format=torch.channels_last)
-    model = ctx.prepare_model(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
-    steps = steps_per_epoch(len(train_idx) // ctx.world_size, int(hp["batch_size"]))  # each rank's equal shard
-    scheduler = warmup_cosine(optimizer, int(hp["epochs"]), steps, float(hp.get("warmup_epochs", 0.0)))
-    weight = class_weights(data.labels[train_idx]).to(ctx.device) if hp.get("class_weighting", True) else None
-    dtype = autocast_dtype(hp.get("precision", "auto"), ctx.device)
-    return Training(hp, data, train_idx, val_idx, model, optimizer, scheduler, weight, dtype, cache_seconds, external,
-                    preprocessing.describe())
+    torch.manual_seed(settings.seed)
+    model = build_model(hp.backbone, hp.image_size, settings.weights.get(hp.backbone), hp.pretrained)
+    model = ctx.prepare_model(model.to(memory_format=torch.channels_last))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    steps = steps_per_epoch(len(train_idx) // ctx.world_size, hp.batch_size)  # each rank's equal shard
+    scheduler = warmup_cosine(optimizer, hp.epochs, steps, hp.warmup_epochs)
+    weight = class_weights(data.labels[train_idx]).to(ctx.device) if hp.class_weighting else None
+    dtype = autocast_dtype(hp.precision, ctx.device)
+    return Training(hp, data, train_idx, val_idx, model, optimizer, scheduler, weight, dtype, cache_seconds, film,
+                    external)
 
 
 def resume(training: Training, state: TrainState) -> int:
     """Load a checkpoint's weights, optimizer and schedule; the epoch to continue from."""
-    getattr(training.model, "module", training.model).load_state_dict(state.saved["model"])
+    getattr(training.model, "module", training.model).load_state_dict(state.weights)
     training.optimizer.load_state_dict(state.optimizer)
     training.scheduler.load_state_dict(state.scheduler)
     return state.epoch
@@ -196,22 +200,22 @@ def validate(training: Training, ctx: LoopContext, batch_size: int) -> dict:
     return metrics
 
 
-def run_epoch(training: Training, run: RunSettings, ctx: LoopContext, epoch: int) -> dict:
+def run_epoch(training: Training, settings: TrialSettings, ctx: LoopContext, epoch: int) -> dict:
     """Train one epoch on this rank's shard, validate, and return the epoch's report."""
     hp, world, rank = training.hp, ctx.world_size, ctx.rank
     generator = torch.Generator(device=ctx.device)
-    generator.manual_seed(run.seed * 1000 + epoch * world + rank)
-    order = np.random.default_rng(run.seed * 1000 + epoch).permutation(training.train_idx)
+    generator.manual_seed(settings.seed * 1000 + epoch * world + rank)
+    order = np.random.default_rng(settings.seed * 1000 + epoch).permutation(training.train_idx)
     # Equal shards: under DDP every rank must run the same number of steps or the all-reduce hangs.
     order = order[: len(order) - len(order) % world][rank::world]
     t = time.perf_counter()
     loss_sum, seen, timing = train_epoch(
         training.model, training.optimizer, training.scheduler, training.data.pixels,
-        torch.from_numpy(training.data.labels), order, int(hp["batch_size"]), Augment.from_config(hp), generator,
-        ctx.device, training.dtype, training.class_weight, float(hp.get("label_smoothing", 0.0)))
+        torch.from_numpy(training.data.labels), order, hp.batch_size, hp.augment, generator,
+        ctx.device, training.dtype, training.class_weight, hp.label_smoothing)
     train_seconds = time.perf_counter() - t
     t = time.perf_counter()
-    metrics = validate(training, ctx, int(hp["batch_size"]))
+    metrics = validate(training, ctx, hp.batch_size)
     metrics.update({
         "epoch": epoch + 1,
         "train_loss": sum(ctx.gather(loss_sum)) / max(1, sum(ctx.gather(seen))),
@@ -248,14 +252,14 @@ def save_epoch(folder: Path, training: Training, epoch: int, metrics: dict) -> f
     from tune_ct.model.checkpoint import save_checkpoint
 
     t = time.perf_counter()
-    save_checkpoint(folder, training.model, training.optimizer, training.scheduler, epoch, training.hp, metrics,
-                    {"film_preprocessing": training.preprocessing})
+    save_checkpoint(folder, training.model, training.optimizer, training.scheduler, training.checkpoint_meta(epoch),
+                    metrics)
     return time.perf_counter() - t
 
 
-def fit(hp: dict, run: RunSettings, ctx: LoopContext) -> None:
+def fit(config: dict, settings: TrialSettings, ctx: LoopContext) -> None:
     """The whole trial: resume from the context's checkpoint if there is one, then epoch after epoch."""
-    training = setup_training(hp, run, ctx)
+    training = setup_training(Hyperparameters.from_config(config), settings, ctx)
     start_epoch = 0
     state = ctx.restore()
     if state is not None:
@@ -268,8 +272,8 @@ def fit(hp: dict, run: RunSettings, ctx: LoopContext) -> None:
     report_seconds = 0.0  # the previous epoch's report (checkpoint upload + hand-off), logged one epoch late
     costs = None
     for epoch in range(start_epoch, training.epochs):
-        metrics = run_epoch(training, run, ctx, epoch)
-        costs = costs or trial_costs(training, ctx, run.measure_speed)
+        metrics = run_epoch(training, settings, ctx, epoch)
+        costs = costs or trial_costs(training, ctx, settings.measure_speed)
         metrics.update(costs)
         metrics["time_cache_s"] = training.cache_seconds if epoch == start_epoch else 0.0
         metrics["time_report_s"] = report_seconds

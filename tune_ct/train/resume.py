@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
+from tune_ct.track.tags import TUNE_EXPERIMENT
+
 STATE_FILE = "tune_ct_search.json"
-EXPERIMENT_TAG = "tune_ct.tune_experiment"
 
 
 class ResumeError(RuntimeError):
@@ -69,5 +70,5 @@ def latest_search(storage: str) -> str:
 
 
 def find_parent_run(client, experiment_id: str, name: str) -> str | None:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{EXPERIMENT_TAG}` = '{name}'", max_results=1)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TUNE_EXPERIMENT}` = '{name}'", max_results=1)
     return runs[0].info.run_id if runs else None

@@ -15,16 +15,17 @@ from pathlib import Path
 
 from tune_ct.data.files import DataError
 from tune_ct.data.prepare import Prepared
+from tune_ct.data.workdir import WorkFolder
 
 SEGMENTER_EPOCHS = 5  # held-out Dice 0.962 on the shared set's 2,137 masks (BENCHMARKS.md)
 log = logging.getLogger(__name__)
 
 
-def ensure_segmenter(prep: Prepared, workdir: Path, seed: int, epochs: int = SEGMENTER_EPOCHS) -> tuple[Path, dict]:
+def ensure_segmenter(prep: Prepared, work: WorkFolder, seed: int, epochs: int = SEGMENTER_EPOCHS) -> tuple[Path, dict]:
     """(segmenter file, its report with the held-out Dice); trained now unless a cached one exists."""
     from tune_ct.model.lungs import find_mask_pairs, load_segmenter
 
-    path = Path(workdir) / "segmenters" / f"{prep.trainval_path.stem}-seed{seed}.lungs.pt"
+    path = work.segmenter(f"{prep.trainval_path.stem}-seed{seed}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class RunSettings:
+class TrialSettings:
     """What every trial of one search shares (not searched, so not in the Tune config)."""
 
     subset_path: str  # train/val file list; the test split is never in it

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from tune_ct.model.networks import is_known_backbone
+from tune_ct.train.hyperparameters import DEFAULTS, KINDS, NAMES, HyperparameterError, check_value
 
 METRICS = {"val_macro_f1": "max", "val_balanced_accuracy": "max", "val_accuracy": "max", "val_loss": "min",
            # With --select-on DIR: the same figures on films from other sources (over the classes present there),
@@ -48,33 +48,6 @@ EXTERNAL_METRICS = ("ext_val_macro_f1", "ext_val_balanced_accuracy", "blend_macr
 # parameter count. Objectives of a multi-objective search besides one per-epoch metric.
 COSTS = {"cpu_ms_per_film": "min", "param_count": "min"}
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-
-# name -> (type, low, high, default). Bounds are inclusive; None means unbounded on that side.
-PARAMS: dict[str, tuple[type, float | None, float | None, Any]] = {
-    "backbone": (str, None, None, "baseline_cnn"),
-    "pretrained": (bool, None, None, False),  # timm's weights via the Hugging Face hub/cache; --weights wins
-    "image_size": (int, 32, 1024, 128),
-    "lr": (float, 1e-7, 1.0, 1e-3),
-    "weight_decay": (float, 0.0, 1.0, 1e-4),
-    "batch_size": (int, 2, 4096, 32),
-    "epochs": (int, 1, 1000, 3),
-    "warmup_epochs": (float, 0.0, 100.0, 0.0),
-    "label_smoothing": (float, 0.0, 0.5, 0.0),
-    "class_weighting": (bool, None, None, True),
-    "aug_rotation_deg": (float, 0.0, 45.0, 0.0),
-    "aug_crop_scale_min": (float, 0.05, 1.0, 1.0),
-    "aug_brightness": (float, 0.0, 0.5, 0.0),
-    "aug_contrast": (float, 0.0, 0.9, 0.0),
-    "aug_hflip": (bool, None, None, False),
-    "precision": (str, None, None, "auto"),
-    # Preprocessing, applied per film before resizing and cached like the images (the cache key includes it).
-    "equalize": (str, None, None, "none"),
-    "lung_crop": (bool, None, None, False),
-}
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-EQUALIZE = ("none", "hist", "clahe")
-
-
 
 @dataclass(frozen=True)
 class Pick:
@@ -202,37 +175,16 @@ class Space:
 
 
 def _check_value(where: str, name: str, value: Any) -> Any:
-    kind, low, high, _ = PARAMS[name]
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise SpaceError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise SpaceError(f"{where}: expected a name, got {value!r}")
-        if name == "backbone" and not is_known_backbone(value):
-            raise SpaceError(f"{where}: unknown backbone {value!r}; use baseline_cnn or a timm model name "
-                             "(python -c 'import timm; print(timm.list_models())')")
-        if name == "precision" and value not in PRECISIONS:
-            raise SpaceError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
-        if name == "equalize" and value not in EQUALIZE:
-            raise SpaceError(f"{where}: equalize must be one of {', '.join(EQUALIZE)}, got {value!r}")
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpaceError(f"{where}: expected a number, got {value!r}")
-    if not math.isfinite(value):  # .nan passes every range comparison; .inf cannot be a whole number
-        raise SpaceError(f"{where}: expected a finite number, got {value!r}")
-    if kind is int and int(value) != value:
-        raise SpaceError(f"{where}: expected a whole number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise SpaceError(f"{where}: {value!r} is outside the allowed range [{low}, {high}]")
-    return kind(value)
+    try:
+        return check_value(where, name, value)
+    except HyperparameterError as exc:
+        raise SpaceError(str(exc)) from None
 
 
 def _check_param(file: Path, name: str, spec: Any) -> Any:
     where = f"{file}: params.{name}"
-    if name not in PARAMS:
-        raise SpaceError(f"{where}: unknown parameter; known: {', '.join(PARAMS)}")
+    if name not in NAMES:
+        raise SpaceError(f"{where}: unknown parameter; known: {', '.join(NAMES)}")
     if not isinstance(spec, dict):
         return _check_value(where, name, spec)
     if len(spec) != 1:
@@ -245,7 +197,7 @@ def _check_param(file: Path, name: str, spec: Any) -> Any:
         raise SpaceError(f"{where}: expected a list, got {args!r}")
     if dist == "choice":
         return {dist: [_check_value(f"{where}[{i}]", name, v) for i, v in enumerate(args)]}
-    kind = PARAMS[name][0]
+    kind = KINDS[name]
     if kind not in (int, float):
         raise SpaceError(f"{where}: {name} is not numeric; use choice")
     if dist == "randint" and kind is not int:
@@ -382,6 +334,6 @@ def load_space(path: str | Path) -> Space:
     if not isinstance(params_raw, dict):
         raise SpaceError(f"{file}: params must be a mapping of parameter -> value or distribution")
     params = {name: _check_param(file, name, spec) for name, spec in params_raw.items()}
-    for name, (_, _, _, default) in PARAMS.items():
+    for name, default in DEFAULTS.items():
         params.setdefault(name, default)
     return Space(path=file, search=search, params=params)

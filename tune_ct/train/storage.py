@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tune_ct.data.workdir import WorkFolder
+
 
 def resolve_storage(storage: str | None) -> str:
     """An absolute folder, or a URI as given (default ./ray_results)."""
@@ -27,14 +29,15 @@ def checkpoint_exists(filesystem, path: str) -> bool:
     return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
 
 
-def fetch_checkpoint(filesystem, path: str, workdir: Path) -> Path:
-    """A local folder holding the checkpoint: the path itself on local storage, else a download under workdir."""
+def fetch_checkpoint(filesystem, path: str, work: WorkFolder) -> Path:
+    """A local folder holding the checkpoint: the path itself on local storage, else a download into the work
+    folder."""
     import pyarrow.fs
     import ray.train
 
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
         return Path(path)
-    local = workdir / "best_checkpoint" / Path(path).name
+    local = work.fetched_checkpoint(Path(path).name)
     if not local.exists():
         # Download beside it and rename, so an interrupted download is never taken for a checkpoint later.
         partial = local.with_name(local.name + ".partial")

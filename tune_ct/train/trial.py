@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from tune_ct.train.settings import RunSettings
+from tune_ct.train.settings import TrialSettings
 
 TRIAL_DRIVER_CPU = 0.01  # Tune rejects 0; the trial driver only waits on the TorchTrainer
 # Ray Train's controller collects reports and notices a finished worker group only when it polls its workers
@@ -29,7 +29,7 @@ TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_INTERVAL_S
                       "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-def build_trainer(hp: dict, run: RunSettings, name: str, storage_path: str, callbacks: list | None = None,
+def build_trainer(config: dict, settings: TrialSettings, name: str, storage_path: str, callbacks: list | None = None,
                   driver_cpu: float = 0.0):
     """The one TorchTrainer of a trial (searched or not): resources, failure handling, best-epoch retention."""
     import ray.train
@@ -39,35 +39,36 @@ def build_trainer(hp: dict, run: RunSettings, name: str, storage_path: str, call
         os.environ.setdefault(key, value)
     # The caller's own driver holds driver_cpu; the workers take the rest of their CPU share, so N trials of one
     # 1-CPU worker fit exactly on N CPUs instead of leaving the last worker waiting forever.
-    resources = {"CPU": max(run.cpus_per_worker - driver_cpu, TRIAL_DRIVER_CPU)}
-    if run.gpus_per_worker:
-        resources["GPU"] = run.gpus_per_worker
+    resources = {"CPU": max(settings.cpus_per_worker - driver_cpu, TRIAL_DRIVER_CPU)}
+    if settings.gpus_per_worker:
+        resources["GPU"] = settings.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker=train_worker,
-        train_loop_config={"hp": dict(hp), "run": asdict(run)},
+        train_loop_config={"hp": dict(config), "settings": asdict(settings)},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=run.workers_per_trial, use_gpu=bool(run.gpus_per_worker), resources_per_worker=resources
+            num_workers=settings.workers_per_trial, use_gpu=bool(settings.gpus_per_worker),
+            resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks or [],
-            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             # Keep the best epoch (what the search picks) and not only the newest ones.
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=run.metric, checkpoint_score_order=run.mode
+                num_to_keep=2, checkpoint_score_attribute=settings.metric, checkpoint_score_order=settings.mode
             ),
         ),
     )
 
 
-def tune_trial(config: dict, run: RunSettings) -> None:
+def tune_trial(config: dict, settings: TrialSettings) -> None:
     """Tune function trainable: one Ray Train run per trial."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     context = ray.tune.get_context()
     # Same name and storage on a Tune retry, so the retried trial resumes from its own checkpoint.
-    trainer = build_trainer(config, run, f"{context.get_experiment_name()}-{context.get_trial_id()}",
-                            f"{run.storage_path}/train_runs", [TuneReportCallback()], TRIAL_DRIVER_CPU)
+    trainer = build_trainer(config, settings, f"{context.get_experiment_name()}-{context.get_trial_id()}",
+                            f"{settings.storage_path}/train_runs", [TuneReportCallback()], TRIAL_DRIVER_CPU)
     trainer.fit()
     wait_until_tune_took_last_report()
 
@@ -125,7 +126,7 @@ def train_worker(loop_config: dict) -> None:
         report=lambda metrics, training, epoch: report_epoch(metrics, rank, training, epoch),
         restore=_restore, gather=lambda obj: _gather(obj, world),
     )
-    fit(loop_config["hp"], RunSettings(**loop_config["run"]), loop_ctx)
+    fit(loop_config["hp"], TrialSettings(**loop_config["settings"]), loop_ctx)
 
 
 def report_epoch(metrics: dict, rank: int, training, epoch: int) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_ct.train.settings import RunSettings
+from tune_ct.train.settings import TrialSettings
 from tune_ct.train.space import Space
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,12 @@ class StudySearch(OptunaSearch):
         return self.__dict__.setdefault("_best_epochs", {})  # a searcher pickled by an older tune_ct lacks it
 
     def on_trial_result(self, trial_id: str, result: dict):
+        from tune_ct.train.best import better
+
         super().on_trial_result(trial_id, result)
         if isinstance(self.metric, list) and self.metric[0] in result:
             best = self._best().get(trial_id)
-            sign = 1 if self.mode[0] == "max" else -1
-            if best is None or sign * result[self.metric[0]] > sign * best[self.metric[0]]:
+            if best is None or better(result[self.metric[0]], best[self.metric[0]], self.mode[0]):
                 self._best()[trial_id] = result
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -106,7 +107,7 @@ def build_scheduler(kind: str, max_epochs: int, grace_period: int, reduction_fac
                          reduction_factor=reduction_factor)
 
 
-def trainable(settings: RunSettings, runner: str, sampled_as: str | None = None, sample_every_s: float = 5.0):
+def trainable(settings: TrialSettings, runner: str, sampled_as: str | None = None, sample_every_s: float = 5.0):
     """The trial function with the resources Tune reserves for it: the whole trial for `actor`; for `train` only
     its driver, the Train workers reserving their own. `sampled_as`: the run name whose SystemSink receives the
     trial process's system metrics (tune_ct.track.system)."""
@@ -119,11 +120,11 @@ def trainable(settings: RunSettings, runner: str, sampled_as: str | None = None,
 
         fn = with_system_metrics(actor_trial, sampled_as, sample_every_s, True) if sampled_as else actor_trial
         resources = {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
-        return tune.with_resources(tune.with_parameters(fn, run=settings), resources)
+        return tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
     from tune_ct.train.trial import TRIAL_DRIVER_CPU, tune_trial
 
     fn = with_system_metrics(tune_trial, sampled_as, sample_every_s, False) if sampled_as else tune_trial
-    return tune.with_resources(tune.with_parameters(fn, run=settings), {"cpu": TRIAL_DRIVER_CPU})
+    return tune.with_resources(tune.with_parameters(fn, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
 
 
 def uses_study(kind: str, space: Space) -> bool:
@@ -151,7 +152,7 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         run_config=tune.RunConfig(
             name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=1),
-            # 0: Tune prints nothing (the trial table is a callback, tune_ct.track.console); verbose: its default
+            # 0: Tune prints nothing (the trial table is a callback, tune_ct.track.trial_table); verbose: its default
             # output too. (log_to_file is left off: with reused actors Ray 2.60 flushes a closed log file and warns.)
             verbose=None if plan.verbose else 0,
             # Keep the best epoch (what the search picks) and not only the newest ones (actor runner; the train

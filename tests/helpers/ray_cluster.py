@@ -1,0 +1,225 @@
+"""A multi-node Ray cluster on one machine, each node its own `ray start --block` process: for trying
+`--address`, lost nodes and token auth without cloud machines (and for the tests).
+
+    python tests/helpers/ray_cluster.py --workers 2 --folder /tmp/raycluster    # prints the address; Ctrl-C stops it all
+
+Every port is chosen free and bound to 127.0.0.1, so it neither clashes with nor captures anyone else's Ray on
+the machine (plain `ray stop` would stop every Ray of the user: stopping here kills only our process groups).
+Token auth stays on: the cluster gets its own token file, passed as RAY_AUTH_TOKEN_PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Node:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def pids(self) -> list[int]:
+        """Every live process of this node (ray start, raylet, agents, workers): they share its process group."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    zombie = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                    if os.getpgid(int(entry.name)) == self.proc.pid and not zombie:
+                        out.append(int(entry.name))
+                except (OSError, IndexError):
+                    pass
+        return out
+
+    def raylet_pid(self) -> int | None:
+        for pid in self.pids():
+            try:
+                if "raylet" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode():
+                    return pid
+            except OSError:
+                pass
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pids():
+            time.sleep(0.3)
+        if self.pids():
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+@dataclass
+class LocalCluster:
+    folder: Path
+    address: str
+    env: dict[str, str]  # what a driver or CLI needs to join (RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH)
+    dashboard: str
+    temp_dir: Path  # Ray's session folder (logs) for this cluster only
+    nodes: list[Node] = field(default_factory=list)
+
+    def add_worker(self, name: str, num_cpus: float = 1, resources: dict | None = None, timeout: float = 120) -> Node:
+        before = self.alive_nodes()
+        for attempt in range(3):  # a loaded machine can time out a raylet's registration ("Deadline Exceeded")
+            node = _start(self, name, ["--address", self.address], num_cpus, resources)
+            self.nodes.append(node)
+            deadline = time.monotonic() + timeout
+            while node.proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if self.alive_nodes() > before:
+                        return node
+                except subprocess.TimeoutExpired:
+                    pass
+                time.sleep(1)
+            node.stop()
+        raise RuntimeError(f"node {name} did not join {self.address}: see {node.log}")
+
+    def alive_nodes(self) -> int:
+        out = subprocess.run([_ray(), "status", "--address", self.address], capture_output=True, text=True,
+                             env=self.env, timeout=60)
+        # "Active:" section lists one "1 node_<id>" line per alive node.
+        active = out.stdout.split("Active:")[1].split("Pending:")[0] if "Active:" in out.stdout else ""
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+    def wait_nodes(self, n: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.alive_nodes() >= n:
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"cluster at {self.address}: fewer than {n} nodes alive after {timeout:g}s; see the "
+                           f"logs in {self.folder}")
+
+    def stop(self, remove_logs: bool = True) -> None:
+        for node in reversed(self.nodes):  # workers first, head last
+            node.stop()
+        if remove_logs:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def node_ids(self) -> dict[str, str]:
+        """Ray node id -> the custom resource that names it (the names given to add_worker / head_resources)."""
+        out = subprocess.run([_ray(), "list", "nodes", "--address", self.address, "--format", "json", "--detail",
+                              "--limit", "1000"], capture_output=True, text=True, env=self.env, timeout=60)
+        nodes = json.loads(out.stdout[out.stdout.index("["):])
+        return {n["node_id"]: next((r for r in n.get("resources_total", {}) if r.startswith(("head", "worker"))),
+                                   "?") for n in nodes}
+
+    def actors(self, class_name: str) -> list[dict]:
+        """Every actor of a class, dead ones included (Ray's state API keeps them for a while)."""
+        out = subprocess.run([_ray(), "list", "actors", "--address", self.address, "--format", "json", "--detail",
+                              "--limit", "10000", "--filter", f"class_name={class_name}"],
+                             capture_output=True, text=True, env=self.env, timeout=60)
+        return json.loads(out.stdout[out.stdout.index("["):]) if "[" in out.stdout else []
+
+    def leftovers(self) -> list[int]:
+        return [pid for node in self.nodes for pid in node.pids()]
+
+
+def _ray() -> str:
+    here = Path(sys.executable).with_name("ray")
+    return str(here) if here.exists() else "ray"
+
+
+def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, resources: dict | None) -> Node:
+    log = cluster.folder / f"{name}.log"
+    ports = {
+        "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
+    }
+    worker_lo = 20000 + (free_port() % 200) * 200  # a private range of worker ports per node
+    cmd = [_ray(), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
+           "--resources", json.dumps(resources or {}), "--min-worker-port", str(worker_lo),
+           "--max-worker-port", str(worker_lo + 199), "--disable-usage-stats", *extra]
+    for flag, port in ports.items():
+        cmd += [flag, str(port)]
+    # RAY_ADDRESS in the nodes' environment: Ray Train's placement-group cleaner (an actor) otherwise stops with
+    # "Found multiple active Ray instances" when other Ray clusters run on the same host.
+    env = {**cluster.env, "RAY_ADDRESS": cluster.address}
+    proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)  # its own process group: stop() kills exactly this node
+    return Node(name, proc, log)
+
+
+def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict | None = None,
+                        env: dict[str, str] | None = None, timeout: float = 180, dashboard: bool = True) -> LocalCluster:
+    """Start a head node; add workers with `cluster.add_worker`. Call `cluster.stop()` in a finally block."""
+    folder = Path(folder).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    token = folder / "auth_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+    port, dashboard_port = free_port(), free_port()
+    env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env.pop("RAY_ADDRESS", None)
+    # Short and unique: Ray's socket paths under it must stay below the 107-byte Unix socket limit.
+    temp_dir = Path("/tmp") / f"ray_tc_{port}"
+    cluster = LocalCluster(folder, f"127.0.0.1:{port}", env, f"http://127.0.0.1:{dashboard_port}", temp_dir)
+    head = _start(cluster, "head", [
+        "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+        "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir),
+        *([] if dashboard else ["--include-dashboard=false"]),
+    ], head_cpus, head_resources)
+    cluster.nodes.append(head)
+    try:
+        cluster.wait_nodes(1, timeout)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python tests/helpers/ray_cluster.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--folder", type=Path, default=Path("local_cluster"), help="logs and the cluster's token")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--cpus", type=float, default=1, help="CPUs per node")
+    args = p.parse_args(argv)
+    cluster = start_local_cluster(args.folder, args.cpus)
+    try:
+        for i in range(args.workers):
+            cluster.add_worker(f"worker{i + 1}", args.cpus, {f"worker{i + 1}": 1})
+        print(f"address {cluster.address}; dashboard {cluster.dashboard}\n"
+              f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.env['RAY_AUTH_TOKEN_PATH']}\n"
+              f"python -m tune_ct.search --address {cluster.address} ...   (Ctrl-C stops the cluster)", flush=True)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

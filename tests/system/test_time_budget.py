@@ -1,0 +1,41 @@
+"""--time-budget on a real search: Tune stops the trials still running at the deadline without a completion event;
+their MLflow runs must still be closed and tagged, the summary must list them, and the Optuna study must not keep
+them RUNNING. (Found on the README's cpu_quick search: two child runs left RUNNING for ever.)"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from helpers.search_cli import run_search_cli
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+SPACE = """description: trials far longer than the budget
+search: {metric: val_macro_f1, num_samples: 4, max_concurrent: 2}
+params:
+  backbone: baseline_cnn
+  image_size: 32
+  lr: {loguniform: [1.0e-3, 1.0e-2]}
+  batch_size: 8
+  epochs: 200
+"""
+
+
+def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_study(tmp_path, data_dir):
+    (tmp_path / "long.yaml").write_text(SPACE)
+    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "40s")
+    stopped = summary["stopped_by_time_budget"]
+    assert stopped and "time budget of 40s reached" in proc.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    children = [client.get_run(r) for r in summary["child_run_ids"]]
+    assert children and all(c.info.status == "FINISHED" for c in children)
+    by_trial = {c.data.tags["tune_ct.trial_id"]: c for c in children}
+    for trial_id in stopped:
+        tags = by_trial[trial_id].data.tags
+        assert tags["stopped_early"] == "time_budget" and 0 < int(tags["epochs_run"]) < 200
+
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    values = sorted(t.value for t in study.trials if t.state == TrialState.COMPLETE)
+    assert values == pytest.approx(sorted(c.data.metrics["val_macro_f1"] for c in children))

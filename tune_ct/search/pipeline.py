@@ -1,0 +1,113 @@
+"""A search, step by step: `run_search` reads as the list of them.
+
+Checks come first (space, tracking server, data, Ray cluster), so a mistake costs seconds, not a night of GPUs.
+The test split is touched once, at the end, by the winner alone. The parent run ends FINISHED, FAILED or KILLED;
+a stop (Ctrl-C) closes the trials' runs KILLED, tests and registers nothing, and prints the command that
+finishes the search.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tune_ct.registry.publish import BestModel, Published
+from tune_ct.search.options import SearchOptions
+from tune_ct.search.plan import SearchPlan
+from tune_ct.search.results import Outcome
+from tune_ct.search.summary import SearchSummary
+from tune_ct.search.trials import ParentRun, TrialsRun
+
+
+def run_search(options: SearchOptions) -> tuple[SearchSummary, dict]:
+    """(the summary, the outcome of its final logging: the tracking_* keys only the --summary file holds)."""
+    from tune_ct.search.cluster import fit_to_cluster, ray_session
+    from tune_ct.search.console import announce
+    from tune_ct.search.plan import plan_search
+    from tune_ct.search.record import log_start_extras
+    from tune_ct.search.trials import build_caches, open_parent_run
+    from tune_ct.track.uri import connect
+
+    started = time.monotonic()
+    client = connect(options.tracking_uri)
+    plan = plan_search(options, client)
+    with ray_session(options) as context:
+        announce(plan.name, context, options.verbose, plan.study_storage)
+        plan = fit_to_cluster(plan, context)
+        parent = open_parent_run(plan, client)
+        log_start_extras(plan, client, parent)
+        build_caches(plan)
+        return search_and_publish(plan, client, parent, started)
+
+
+def search_and_publish(plan: SearchPlan, client, parent: ParentRun, started: float) -> tuple[SearchSummary, dict]:
+    """Run the trials, then test and register the winner; the parent run ends FINISHED, FAILED or KILLED."""
+    from tune_ct.search.final_test import publish_winner, score_winner
+    from tune_ct.search.record import record
+    from tune_ct.search.results import read_results
+    from tune_ct.search.trials import run_trials
+    from tune_ct.track.parent_run import terminate
+
+    status = "FAILED"
+    try:
+        trials = run_trials(plan, parent)
+        outcome = read_results(plan, trials, client, parent)
+        tested = score_winner(plan, outcome.best)
+        published = publish_winner(plan, parent, tested, client)
+        summary = summarize(plan, parent, trials, outcome, tested, published, started)
+        logged = record(summary, plan, client, parent)
+        status = "FINISHED"
+        return summary, logged
+    except KeyboardInterrupt:
+        status = "KILLED"
+        stop_cleanly(plan, client, parent, "interrupted")
+        raise
+    finally:
+        terminate(client, parent.run_id, status)
+
+
+def stop_cleanly(plan: SearchPlan, client, parent: ParentRun, why: str) -> None:
+    """A stopped search: the trials' runs closed KILLED and the parent tagged; nothing is tested or registered;
+    the exact command that finishes the search is printed."""
+    from tune_ct.search.console import print_stopped
+    from tune_ct.track.parent_run import close_interrupted
+
+    close_interrupted(client, plan.experiment_id, parent.run_id)
+    print_stopped(plan.options.argv, plan.name, why)
+
+
+def selection_of(plan: SearchPlan, outcome: Outcome) -> dict:
+    """The metric that chose the winner, its value and where it was measured."""
+    metric = plan.space.metric
+    where = f"select-on set {plan.select_on.films.name}" if plan.select_on and metric.startswith(("ext_", "blend_")) \
+        else "val"
+    value = outcome.best.val_metrics.get(metric)
+    return {"metric": metric, "mode": plan.space.mode, "value": None if value is None else float(value),
+            "split": where}
+
+
+def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: Outcome, tested: BestModel,
+                  published: Published, started: float) -> SearchSummary:
+    from tune_ct.train.pareto import front_summary
+
+    best, tracker, data = outcome.best, trials.tracker, plan.data
+    ext = plan.select_on.films if plan.select_on else None
+    return SearchSummary(
+        name=plan.name, parent_run_id=parent.run_id, best_trial_id=best.trial_id, best_run_id=best.run_id,
+        best_config=best.config,
+        best_epoch=best.epoch, best_checkpoint=best.checkpoint_path, selection=selection_of(plan, outcome),
+        val_metrics={"split": "val", **best.val_metrics}, test_metrics=tested.evaluation.headline(),
+        test_report=published.report, lung_focus=published.lung_focus, model_uri=published.model_uri,
+        registered_model=published.registered_model, registered_version=published.registered_version,
+        child_run_ids=[tracker.runs[t] for t in sorted(tracker.runs)], trials=len(trials.results),
+        trials_errored=sum(1 for r in trials.results if r.error), data=str(data.root),
+        manifest=str(data.manifest_path), manifest_hash=data.manifest.hash, trainval_subset=str(data.trainval_path),
+        limit_per_class=plan.options.data.limit_per_class, space=str(plan.space.path), storage=plan.options.storage,
+        seconds=round(time.monotonic() - started, 1), optuna_storage=plan.study_storage,
+        optuna_study=plan.name if plan.study_storage else None,
+        select_on=None if ext is None else {"name": ext.name, "root": str(ext.root), "hash": ext.content_hash,
+                                            "n": len(ext.entries), "classes": ext.classes_present},
+        best_costs=best.costs, orphan_child_runs=list(outcome.orphans), time_budget_s=tracker.time_budget_s,
+        stopped_by_time_budget=list(tracker.stopped_by_time_budget), tracking_delayed_calls=tracker.delayed,
+        tracking_unlogged=list(tracker.unlogged),
+        **(front_summary(outcome.front, plan.space.objectives, plan.space.search.pick) if outcome.front else {}),
+    )

@@ -1,0 +1,126 @@
+"""What a search writes on its MLflow parent run: what defines it (at the start) and, once the SearchSummary is
+built, the winner's figures, the Pareto front, the test split as a dataset input, Optuna's plots, the
+descriptions and summary.json itself (the same object the --summary file holds)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from tune_ct.data.files import CLASSES
+from tune_ct.search.plan import SearchPlan
+from tune_ct.search.summary import TRACKING_PREFIX, SearchSummary
+from tune_ct.search.trials import ParentRun
+from tune_ct.track import parent_run, tags
+
+log = logging.getLogger(__name__)
+SUMMARY_FILE = "summary.json"
+
+
+def log_start_extras(plan: SearchPlan, client, parent: ParentRun) -> None:
+    """The lung segmenter's held-out Dice and report, on a new parent run."""
+    if plan.segmenter is None or plan.resumed_parent_id:
+        return
+    from tune_ct.track.runs import log_json
+
+    parent_run.log_figures(client, parent.run_id, {"lung_segmenter_dice_heldout":
+                                                   plan.segmenter.report["dice_heldout"]})
+    log_json(client, parent.run_id, {**plan.segmenter.report, "file": str(plan.segmenter.path)},
+             "lung_segmenter.json")
+
+
+def record(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) -> dict:
+    """Everything the finished search logs; returns the outcome of this logging (tracking_* keys, which only the
+    --summary file can hold). A tracking server down at this point costs the records, not the search."""
+    from tune_ct.track.runs import log_json
+
+    try:
+        log_best(summary, client, parent)
+        log_front(summary, plan, client, parent)
+        log_test_input(summary, plan, client, parent)
+        log_study_plots(plan, client, parent)
+        describe(summary, plan, client, parent)
+        log_json(client, parent.run_id, summary.to_dict(), SUMMARY_FILE)
+    except Exception as exc:  # noqa: BLE001 - the model is registered and the summary is on disk
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        log.warning(f"WARNING: the search's final records did not all reach MLflow ({first})")
+        return {f"{TRACKING_PREFIX}final_records": f"failed: {first}"}
+    return {f"{TRACKING_PREFIX}final_records": "logged"}
+
+
+def log_best(summary: SearchSummary, client, parent: ParentRun) -> None:
+    """The winner's val and test figures, which trial and epoch it was, and the test confusion matrix."""
+    from tune_ct.evaluate.metrics import metric_key
+    from tune_ct.track.figures import plot_confusion_matrix
+
+    test = summary.test_metrics
+    metrics = {f"best_val_{k[4:]}": v for k, v in summary.val_metrics.items()
+               if k.startswith("val_") and isinstance(v, (int, float))}
+    metrics.update({f"test_{k}": test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
+    metrics.update({f"test_recall_{metric_key(c)}": v for c, v in test["per_class_recall"].items()})
+    metrics.update({f"best_{k}": v for k, v in (summary.best_costs or {}).items()})
+    metrics["test_majority_class_macro_f1"] = test["majority_class_macro_f1"]
+    parent_run.log_figures(client, parent.run_id, metrics, {
+        tags.BEST_TRIAL_ID: summary.best_trial_id, tags.BEST_RUN_ID: summary.best_run_id or "",
+        tags.BEST_CHECKPOINT: summary.best_checkpoint, tags.BEST_EPOCH: summary.best_epoch})
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_confusion_matrix(test["confusion_matrix"], Path(tmp) / "test_confusion_matrix.png",
+                              f"locked test split (n={test['n']}), best trial {summary.best_trial_id}")
+        client.log_artifacts(parent.run_id, tmp)
+
+
+def log_front(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) -> None:
+    """Multi-objective: the front as a plot and JSON on the parent run, its members' child runs tagged."""
+    if not summary.pareto_front:
+        return
+    from tune_ct.search.console import describe_pick
+    from tune_ct.track.figures import plot_pareto_front
+    from tune_ct.track.runs import log_json
+
+    names = list(summary.objectives)
+    with tempfile.TemporaryDirectory() as tmp:
+        plot_pareto_front(summary.trial_points, summary.pareto_front, names, Path(tmp) / "pareto_front.png",
+                          f"{len(summary.trial_points)} trials, {len(summary.pareto_front)} on the front; "
+                          f"pick: {describe_pick(plan.space.search.pick)}", summary.pick["limits"])
+        client.log_artifacts(parent.run_id, tmp)
+    log_json(client, parent.run_id, {"objectives": summary.objectives, "pick": summary.pick,
+                                     "pareto_front": summary.pareto_front}, "pareto_front.json")
+    for member in summary.pareto_front:
+        if member["run_id"]:
+            client.set_tag(member["run_id"], tags.PARETO_FRONT, "picked" if member["picked"] else "true")
+    client.set_tag(parent.run_id, tags.PICK_MET, str(summary.pick["met"]).lower())
+
+
+def log_test_input(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) -> None:
+    """The test split as the parent run's third dataset input, once it has been used (by the winner alone)."""
+    from tune_ct.track.datasets import log_inputs, split_input
+
+    matrix = summary.test_metrics["confusion_matrix"]
+    labels = [c for c, row in zip(CLASSES, matrix) for _ in range(sum(row))]
+    log_inputs(client, parent.run_id, [split_input(plan.data, "test", labels, plan.options.data.limit_per_class)])
+
+
+def log_study_plots(plan: SearchPlan, client, parent: ParentRun) -> None:
+    """Optuna's history, importance and parallel-coordinate plots of the finished study, under optuna/."""
+    from tune_ct.track.study import load_study, study_plots
+
+    study = load_study(plan.study_storage, plan.name) if plan.study_storage else None
+    if study is None:
+        return
+    plots = ["optuna_history.png", "optuna_importances.png", "optuna_parallel_coordinate.png"]
+    if plan.space.search.multi_objective:
+        plots.append("optuna_pareto_front.png")
+    with tempfile.TemporaryDirectory() as tmp:
+        if study_plots(study, Path(tmp), tuple(plots)):
+            client.log_artifacts(parent.run_id, tmp, "optuna")
+
+
+def describe(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) -> None:
+    """What MLflow's UI shows first: the parent run's description and the registered version's."""
+    from tune_ct.search.notes import search_note, version_note
+
+    parent_run.describe(client, parent.run_id, search_note(summary, plan.options.tracking_uri))
+    if summary.registered_version is not None:
+        client.update_model_version(summary.registered_model, str(summary.registered_version),
+                                    description=version_note(summary))
