@@ -1,6 +1,8 @@
 """--time-budget on a real search: Tune stops the trials still running at the deadline without a completion event;
 their MLflow runs must still be closed and tagged, the summary must list them, and the Optuna study must not keep
-them RUNNING. (Found on the README's cpu_quick search: two child runs left RUNNING for ever.)"""
+them RUNNING. (Found on the README's cpu_quick search: two child runs left RUNNING for ever.) The same search runs
+with --verbose: Tune's own output and the workers' reach the console too (the default's compact console is checked
+on the shared search, test_search_shared.py)."""
 
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ params:
 
 def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_study(tmp_path, data_dir):
     (tmp_path / "long.yaml").write_text(SPACE)
-    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "40s")
+    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "40s",
+                                   "--verbose")
     stopped = summary["stopped_by_time_budget"]
     assert stopped and "time budget of 40s reached" in proc.stdout
+    verbose = proc.stdout + proc.stderr
+    assert "Trial status" in verbose and "(actor_trial pid=" in verbose  # Tune's table, the trial actors' output
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     children = [client.get_run(r) for r in summary["child_run_ids"]]

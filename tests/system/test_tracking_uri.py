@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers.films import make_small_dataset
+from helpers.films import checkpoint_meta, make_small_dataset
 from tune_ct.data.files import CLASSES, decode_file, resize
 from tune_ct.model.networks import build_model
 from tune_ct.registry.models import log_and_register
@@ -33,7 +33,7 @@ def other_store(tmp_path_factory, data_dir):
     exp = ensure_experiment(client, "uri-test", root / "artifacts")
     example = resize(decode_file(next((dataset / "COVID" / "images").iterdir()))[0], SIZE)[None]
     torch.manual_seed(0)
-    saved = {"backbone": "baseline_cnn", "image_size": SIZE, "classes": list(CLASSES), "hp": {}, "epoch": 0}
+    saved = checkpoint_meta("baseline_cnn", SIZE)
     log_and_register(uri, client.create_run(exp).info.run_id, build_model("baseline_cnn", SIZE), saved, example,
                      NAME, {"data": str(dataset)}, {"tune_ct.data": str(dataset)})
     return {"uri": uri, "data": dataset, "root": root}

@@ -133,3 +133,27 @@ def test_numeric_metrics_drops_bookkeeping_bools_nan_and_non_numbers():
 @pytest.mark.parametrize("value", [-math.inf, float("nan")])
 def test_numeric_metrics_never_passes_non_finite_values(value):
     assert numeric_metrics({"train_loss": value}) == {}
+
+
+def test_orphaned_child_run_is_closed_and_tagged(tmp_path):
+    """The run of a trial Tune no longer knows (started as the driver died) is closed KILLED with a reason; the
+    runs of known trials are left alone (a real SQLite-backed MLflow store)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    from mlflow.tracking import MlflowClient
+
+    from tune_ct.track.tags import ORPHAN as ORPHAN_TAG
+    from tune_ct.track.tags import TRIAL_ID as TRIAL_ID_TAG
+    from tune_ct.track.tracker import close_orphan_runs
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("orphans", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp).info.run_id
+    runs = {t: client.create_run(exp, tags={MLFLOW_PARENT_RUN_ID: parent, TRIAL_ID_TAG: t}).info.run_id
+            for t in ("known", "orphan", "done")}
+    client.set_terminated(runs["done"], "FINISHED")
+    assert close_orphan_runs(client, exp, parent, {"known"}) == [runs["orphan"]]
+    orphan, known = client.get_run(runs["orphan"]), client.get_run(runs["known"])
+    assert orphan.info.status == "KILLED" and "driver died" in orphan.data.tags[ORPHAN_TAG]
+    assert known.info.status == "RUNNING" and ORPHAN_TAG not in known.data.tags
+    assert client.get_run(runs["done"]).info.status == "FINISHED"

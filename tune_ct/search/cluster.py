@@ -36,6 +36,9 @@ def ray_session(options: SearchOptions) -> Iterator[object]:
     # prints nothing, which leaves the console to the trial table (--verbose: the default engine, in full).
     if not options.verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        # Tune warns when experiment snapshots come close together; keeping the best epoch's checkpoint forces
+        # one per report by design (CheckpointConfig num_to_keep), so the advice it prints does not apply.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A stop (Ctrl-C) reaches the search as a KeyboardInterrupt, instead of Tune's handler returning the trials so
     # far as if the search had ended (which then tested and registered an epoch-1 checkpoint).
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -101,6 +101,7 @@ def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: O
         child_run_ids=[tracker.runs[t] for t in sorted(tracker.runs)], trials=len(trials.results),
         trials_errored=sum(1 for r in trials.results if r.error), data=str(data.root),
         manifest=str(data.manifest_path), manifest_hash=data.manifest.hash, trainval_subset=str(data.trainval_path),
+        workdir=str(plan.work.root),
         limit_per_class=plan.options.data.limit_per_class, space=str(plan.space.path), storage=plan.options.storage,
         seconds=round(time.monotonic() - started, 1), optuna_storage=plan.study_storage,
         optuna_study=plan.name if plan.study_storage else None,

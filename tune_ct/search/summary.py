@@ -39,6 +39,7 @@ class SearchSummary:
     manifest: str
     manifest_hash: str
     trainval_subset: str
+    workdir: str  # the work folder: manifests, file lists, image caches
     limit_per_class: int | None
     space: str
     storage: str

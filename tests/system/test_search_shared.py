@@ -1,0 +1,178 @@
+"""End to end, on one real search (the `tiny_search` fixture: local Ray, actor-runner trials, Optuna TPE + ASHA on
+real X-rays, a real MLflow server given by MLFLOW_TRACKING_URI alone): what it records, prints and registers."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tune_ct.data.files import CLASSES
+from tune_ct.data.manifest import load
+from tune_ct.data.subsets import read_subset
+from tune_ct.track import tags
+
+MAX_LINES_3_TRIALS = 110  # measured: ~95 lines (3 trials: ~12 table rows; the final summary ~75 lines)
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_search):
+    summary = json.loads(tiny_search.summary_file.read_text())
+    return tiny_search, summary, MlflowClient(tiny_search.tracking_uri, registry_uri=tiny_search.tracking_uri)
+
+
+def test_summary_names_its_splits_and_the_winner(searched):
+    _, summary, _ = searched
+    test = summary["test_metrics"]
+    assert test["split"] == "test" and set(test["per_class_recall"]) == set(CLASSES)
+    matrix = test["confusion_matrix"]
+    assert len(matrix) == 4 and all(len(r) == 4 for r in matrix) and sum(map(sum, matrix)) == test["n"]
+    assert abs(test["accuracy"] - sum(matrix[i][i] for i in range(4)) / test["n"]) < 1e-9
+    assert summary["best_config"]["backbone"] == "baseline_cnn"
+    assert 0.0 <= summary["val_metrics"]["val_macro_f1"] <= 1.0
+    assert summary["selection"] == {"metric": "val_macro_f1", "mode": "max", "split": "val",
+                                    "value": summary["val_metrics"]["val_macro_f1"]}
+    assert summary["test_report"]["macro_f1"] == test["macro_f1"] and summary["test_report"]["ci95"]
+
+
+def test_the_summary_on_mlflow_is_the_summary_file(searched):
+    """One SearchSummary: the copy logged on the parent run equals the --summary file, apart from the outcome of
+    logging it (tracking_*), which only the file can hold."""
+    search, summary, client = searched
+    local = Path(client.download_artifacts(summary["parent_run_id"], "summary.json", str(search.folder / "dl")))
+    logged = json.loads(local.read_text())
+    file_only = {k for k in summary if k not in logged}
+    assert file_only == {"tracking_final_records"} and summary["tracking_final_records"] == "logged"
+    assert logged == {k: v for k, v in summary.items() if k not in file_only}
+    assert "orphan_child_runs" in logged and "stopped_by_time_budget" in logged and "time_budget_s" in logged
+
+
+def test_runs_datasets_and_descriptions_are_on_the_server(searched):
+    search, summary, client = searched
+    assert not (search.folder / "mlflow.db").exists() and not (search.folder / "mlartifacts").exists()
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags[tags.ROLE] == tags.ROLE_SEARCH
+    assert parent.data.tags[tags.MANIFEST_HASH] == summary["manifest_hash"]
+    assert parent.data.tags[tags.SPACE_FILE].endswith(".yaml") and parent.data.tags[tags.CODE_VERSION]
+    assert parent.data.metrics["test_macro_f1"] == pytest.approx(summary["test_metrics"]["macro_f1"])
+    # The data as MLflow dataset inputs (digest = the manifest hash); the test split only on the parent run.
+    contexts = {d.tags[0].value: d.dataset for d in parent.inputs.dataset_inputs}
+    assert set(contexts) == {"train", "val", "test"}
+    assert {d.digest for d in contexts.values()} == {summary["manifest_hash"]}
+    assert json.loads(contexts["test"].profile)["num_films"] == summary["test_metrics"]["n"]
+    # The description MLflow's UI shows first: the winner's figures with their splits named.
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"best trial {summary['best_trial_id']}" in note and "locked test split" in note
+    assert (f"| macro-F1 | {summary['val_metrics']['val_macro_f1']:.3f} | "
+            f"{summary['test_metrics']['macro_f1']:.3f} |") in note
+
+
+def test_one_finished_child_run_per_trial_with_one_point_per_epoch(searched):
+    _, summary, client = searched
+    parent = client.get_run(summary["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 3 == summary["trials"] == len(summary["child_run_ids"])
+    assert {c.info.run_id for c in children} == set(summary["child_run_ids"])
+    assert summary["best_run_id"] in summary["child_run_ids"]
+    for child in children:
+        assert child.info.status == "FINISHED"  # ASHA-stopped trials are closed too, never left RUNNING
+        epochs_run = int(child.data.tags[tags.EPOCHS_RUN])
+        history = client.get_metric_history(child.info.run_id, "val_macro_f1")
+        assert sorted(m.step for m in history) == list(range(1, epochs_run + 1))  # one point per epoch, step = epoch
+        assert {"lr", "backbone", "batch_size"} <= set(child.data.params)
+        split = {"time_data_s", "time_compute_s", "time_val_s", "time_checkpoint_s", "time_report_s"}
+        assert split <= set(child.data.metrics), set(child.data.metrics)
+        assert child.data.metrics["time_compute_s"] > 0 and child.data.metrics["train_images_per_s"] > 0
+        assert "val_confusion_matrix.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert sorted(d.tags[0].value for d in child.inputs.dataset_inputs) == ["train", "val"]  # never test
+        # System metrics sampled in the trial's process, in MLflow's System metrics tab (system/ names).
+        assert client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage"), child.data.metrics
+
+
+def test_the_test_split_never_reached_a_trial(searched):
+    _, summary, _ = searched
+    manifest = load(Path(summary["manifest"]))
+    test_files = {e.file for e in manifest.entries if e.split == "test"}
+    trainval = {f[0] for f in read_subset(Path(summary["trainval_subset"]))["files"]}
+    assert trainval and test_files and not (trainval & test_files)
+    # Every cache a trial read (those holding train films) is free of test films. The work folder is the one the
+    # summary names, and the trials' caches must be found there: finding none would prove nothing.
+    indexes = [json.loads(p.read_text()) for p in (Path(summary["workdir"]) / "cache").glob("*/index.json")]
+    read_by_trials = [i for i in indexes if "train" in i["splits"]]
+    assert read_by_trials, f"no trial cache under {summary['workdir']}"
+    assert all(not set(i["files"]) & test_files for i in read_by_trials)
+    assert any(set(i["files"]) == trainval for i in read_by_trials)  # the very list the trials were given
+
+
+def test_the_winner_is_registered_and_the_report_reads_the_search(searched):
+    search, summary, client = searched
+    version = client.get_model_version(search.register_name, str(summary["registered_version"]))
+    assert version.run_id == summary["parent_run_id"]
+    test = summary["test_metrics"]
+    assert f"Locked test split (n={test['n']})" in version.description
+    assert f"macro-F1 {test['macro_f1']:.3f}" in version.description
+    out = search.folder / "report"
+    proc = subprocess.run([sys.executable, "-m", "tune_ct.report", "--experiment", search.experiment, "--out",
+                           str(out), "--tracking-uri", search.tracking_uri], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    # The figures come from this search's locked-test evaluation, and every picture it links exists.
+    assert f"Best model on the locked test split (n={test['n']})" in text
+    assert f"| macro_f1 | {test['macro_f1']:.3f} |" in text
+    assert f"chosen on val_macro_f1 (val) = {summary['selection']['value']:.3f}" in text
+    assert "Wehbe" in text and "Lung focus" in text
+    assert (f"Search history (Optuna, study `{search.name}` in "
+            f"`sqlite:///{search.folder / 'optuna.db'}`)") in text
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "curves.png" in pictures and "evaluation/test_confusion_matrix.png" in pictures
+    assert all((out / p).is_file() for p in pictures), [p for p in pictures if not (out / p).is_file()]
+
+
+def test_one_optuna_trial_per_tune_trial_in_the_study_the_parent_run_names(searched):
+    search, summary, client = searched
+    url = f"sqlite:///{search.folder / 'optuna.db'}"
+    assert summary["optuna_storage"] == url and summary["optuna_study"] == search.name
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags[tags.OPTUNA_STORAGE] == url and parent.data.tags[tags.OPTUNA_STUDY] == search.name
+    study = optuna.load_study(study_name=search.name, storage=url)
+    children = [client.get_run(r) for r in summary["child_run_ids"]]
+    assert len(study.trials) == len(children) == 3
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    # Optuna's value is the trial's last reported val_macro_f1; its intermediate values are the epochs before.
+    by_lr = {float(c.data.params["lr"]): c for c in children}
+    for trial in study.trials:
+        child = by_lr[trial.params["lr"]]
+        per_epoch = [m.value for m in sorted(client.get_metric_history(child.info.run_id, "val_macro_f1"),
+                                             key=lambda m: m.step)]
+        assert trial.value == pytest.approx(per_epoch[-1])
+        reported = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        assert len(per_epoch) - 1 <= len(reported) <= len(per_epoch)
+        assert reported == pytest.approx(per_epoch[:len(reported)])
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optuna_history.png", "optuna/optuna_parallel_coordinate.png"} <= names
+
+
+def test_the_console_is_a_compact_table_and_the_summary(searched):
+    search, summary, client = searched
+    out = search.output
+    lines = out.splitlines()
+    assert len(lines) <= MAX_LINES_3_TRIALS, f"{len(lines)} lines:\n{out}"
+    assert any(re.match(r"trial\s+backbone\s+px\s+lr\s+epoch\s+best\s+state", line) for line in lines), out
+    trial_ids = [client.get_run(r).data.tags[tags.TRIAL_ID] for r in summary["child_run_ids"]]
+    for trial_id in trial_ids:
+        rows = [line for line in lines if line.startswith(trial_id)]
+        assert rows and re.search(r"(DONE|STOPPED \(asha\))$", rows[-1]), (trial_id, rows)
+    # What the default leaves out: Tune's boxed configs and results, Ray's INFO lines, worker output.
+    assert "Configuration for experiment" not in out and "Trial status" not in out
+    assert "(actor_trial pid=" not in out and "INFO worker.py" not in out and "TrainingReport(" not in out
+    assert "locked test split" in out and f"Best trial {summary['best_trial_id']}" in out
+    assert "optuna_pareto_front.png not drawn" not in out  # a single-objective search draws no front
