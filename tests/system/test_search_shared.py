@@ -14,9 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tune_ct.data.files import CLASSES
-from tune_ct.data.manifest import load
-from tune_ct.data.subsets import read_subset
+from helpers.search_checks import check_child_runs, check_parent_run, check_summary, check_test_split_never_reached_a_trial
 from tune_ct.track import tags
 
 MAX_LINES_3_TRIALS = 110  # measured: ~95 lines (3 trials: ~12 table rows; the final summary ~75 lines)
@@ -29,17 +27,7 @@ def searched(tiny_search):
 
 
 def test_summary_names_its_splits_and_the_winner(searched):
-    _, summary, _ = searched
-    test = summary["test_metrics"]
-    assert test["split"] == "test" and set(test["per_class_recall"]) == set(CLASSES)
-    matrix = test["confusion_matrix"]
-    assert len(matrix) == 4 and all(len(r) == 4 for r in matrix) and sum(map(sum, matrix)) == test["n"]
-    assert abs(test["accuracy"] - sum(matrix[i][i] for i in range(4)) / test["n"]) < 1e-9
-    assert summary["best_config"]["backbone"] == "baseline_cnn"
-    assert 0.0 <= summary["val_metrics"]["val_macro_f1"] <= 1.0
-    assert summary["selection"] == {"metric": "val_macro_f1", "mode": "max", "split": "val",
-                                    "value": summary["val_metrics"]["val_macro_f1"]}
-    assert summary["test_report"]["macro_f1"] == test["macro_f1"] and summary["test_report"]["ci95"]
+    check_summary(searched[1])
 
 
 def test_the_summary_on_mlflow_is_the_summary_file(searched):
@@ -57,59 +45,15 @@ def test_the_summary_on_mlflow_is_the_summary_file(searched):
 def test_runs_datasets_and_descriptions_are_on_the_server(searched):
     search, summary, client = searched
     assert not (search.folder / "mlflow.db").exists() and not (search.folder / "mlartifacts").exists()
-    parent = client.get_run(summary["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.tags[tags.ROLE] == tags.ROLE_SEARCH
-    assert parent.data.tags[tags.MANIFEST_HASH] == summary["manifest_hash"]
-    assert parent.data.tags[tags.SPACE_FILE].endswith(".yaml") and parent.data.tags[tags.CODE_VERSION]
-    assert parent.data.metrics["test_macro_f1"] == pytest.approx(summary["test_metrics"]["macro_f1"])
-    # The data as MLflow dataset inputs (digest = the manifest hash); the test split only on the parent run.
-    contexts = {d.tags[0].value: d.dataset for d in parent.inputs.dataset_inputs}
-    assert set(contexts) == {"train", "val", "test"}
-    assert {d.digest for d in contexts.values()} == {summary["manifest_hash"]}
-    assert json.loads(contexts["test"].profile)["num_films"] == summary["test_metrics"]["n"]
-    # The description MLflow's UI shows first: the winner's figures with their splits named.
-    note = parent.data.tags["mlflow.note.content"]
-    assert f"best trial {summary['best_trial_id']}" in note and "locked test split" in note
-    assert (f"| macro-F1 | {summary['val_metrics']['val_macro_f1']:.3f} | "
-            f"{summary['test_metrics']['macro_f1']:.3f} |") in note
+    check_parent_run(client, summary)
 
 
 def test_one_finished_child_run_per_trial_with_one_point_per_epoch(searched):
-    _, summary, client = searched
-    parent = client.get_run(summary["parent_run_id"])
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    assert len(children) == 3 == summary["trials"] == len(summary["child_run_ids"])
-    assert {c.info.run_id for c in children} == set(summary["child_run_ids"])
-    assert summary["best_run_id"] in summary["child_run_ids"]
-    for child in children:
-        assert child.info.status == "FINISHED"  # ASHA-stopped trials are closed too, never left RUNNING
-        epochs_run = int(child.data.tags[tags.EPOCHS_RUN])
-        history = client.get_metric_history(child.info.run_id, "val_macro_f1")
-        assert sorted(m.step for m in history) == list(range(1, epochs_run + 1))  # one point per epoch, step = epoch
-        assert {"lr", "backbone", "batch_size"} <= set(child.data.params)
-        split = {"time_data_s", "time_compute_s", "time_val_s", "time_checkpoint_s", "time_report_s"}
-        assert split <= set(child.data.metrics), set(child.data.metrics)
-        assert child.data.metrics["time_compute_s"] > 0 and child.data.metrics["train_images_per_s"] > 0
-        assert "val_confusion_matrix.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert sorted(d.tags[0].value for d in child.inputs.dataset_inputs) == ["train", "val"]  # never test
-        # System metrics sampled in the trial's process, in MLflow's System metrics tab (system/ names).
-        assert client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage"), child.data.metrics
+    check_child_runs(searched[2], searched[1], trials=3)
 
 
 def test_the_test_split_never_reached_a_trial(searched):
-    _, summary, _ = searched
-    manifest = load(Path(summary["manifest"]))
-    test_files = {e.file for e in manifest.entries if e.split == "test"}
-    trainval = {f[0] for f in read_subset(Path(summary["trainval_subset"]))["files"]}
-    assert trainval and test_files and not (trainval & test_files)
-    # Every cache a trial read (those holding train films) is free of test films. The work folder is the one the
-    # summary names, and the trials' caches must be found there: finding none would prove nothing.
-    indexes = [json.loads(p.read_text()) for p in (Path(summary["workdir"]) / "cache").glob("*/index.json")]
-    read_by_trials = [i for i in indexes if "train" in i["splits"]]
-    assert read_by_trials, f"no trial cache under {summary['workdir']}"
-    assert all(not set(i["files"]) & test_files for i in read_by_trials)
-    assert any(set(i["files"]) == trainval for i in read_by_trials)  # the very list the trials were given
+    check_test_split_never_reached_a_trial(searched[1])
 
 
 def test_the_winner_is_registered_and_the_report_reads_the_search(searched):

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 from pathlib import Path
 
 from tune_ct.data.prepare import DataSettings
@@ -23,9 +24,15 @@ def add_data_args(p: argparse.ArgumentParser, data_help: str = "dataset folder (
     p.add_argument("--seed", type=int, default=0, help="seed of the split of a new manifest, samples and training")
 
 
+def usage_error(message: str) -> NoReturn:
+    """A command line that cannot work: one line on stderr, exit status 2 (as argparse does)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def data_settings(args: argparse.Namespace, data: str | Path | None = None) -> DataSettings:
     if args.limit_per_class is not None and args.limit_per_class < 1:
-        raise SystemExit(f"error: --limit-per-class must be at least 1, got {args.limit_per_class}")
+        usage_error(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
     return DataSettings(data=data or args.data, work=WorkFolder.resolve(args.workdir),
                         sources=args.sources, seed=args.seed, limit_per_class=args.limit_per_class,
                         manifest_path=getattr(args, "manifest", None))

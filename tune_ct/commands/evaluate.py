@@ -23,7 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_ct.commands.common import add_data_args, add_tracking_arg, console_logging, data_settings, exit_on, write_json
+from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_logging, data_settings, exit_on,
+                                     usage_error, write_json)
 from tune_ct.data.external_set import load_external
 from tune_ct.data.files import DataError
 from tune_ct.data.prepare import DataSettings
@@ -75,13 +76,13 @@ def external_options(args) -> ExternalOptions | None:
     """--external's options; the flags that only mean something for one of the two modes are refused."""
     if args.external is None:
         if args.name or args.labels:
-            raise SystemExit("error: --name and --labels describe an external set: pass --external DIR too")
+            usage_error("--name and --labels describe an external set: pass --external DIR too")
         return None
     clash = [flag for flag, value in (("--data", args.data), ("--sources", args.sources),
                                       ("--limit-per-class", args.limit_per_class)) if value is not None]
     if clash:
-        raise SystemExit(f"error: {', '.join(clash)} select the locked test split and cannot be combined with "
-                         "--external (origins of external films go in the --labels CSV's origin column)")
+        usage_error(f"{', '.join(clash)} select the locked test split and cannot be combined with "
+                    "--external (origins of external films go in the --labels CSV's origin column)")
     return ExternalOptions(folder=args.external, name=args.name, labels=args.labels)
 
 

@@ -3,7 +3,8 @@
     python -m tune_ct.origins --data DIR --sources CSV --holdout ORIGIN [--summary summary.json | --config FILE]
 
 Trains the same configuration twice with the same budget, once on all train/val images and once without the
-images of one origin, then tests both on the locked test split (see tune_ct/evaluate/origins.py).
+images of one origin, then tests both on the locked test split (training: tune_ct/train/origin_holdout.py; the comparison:
+tune_ct/evaluate/leave_one_out.py).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tune_ct.commands.common import add_tracking_arg
-from tune_ct.search.markdown_report import find_parent, write_report
+from tune_ct.commands.common import add_tracking_arg, exit_on
+from tune_ct.search.markdown_report import ReportError, find_parent, write_report
 from tune_ct.track.uri import connect, resolve_tracking_uri
 
 
@@ -21,10 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-id", help="the search's parent run (default: the newest finished search)")
     add_tracking_arg(p)
     args = p.parse_args(argv)
-    client = connect(resolve_tracking_uri(args.tracking_uri))
-    path = write_report(client, find_parent(client, args.experiment, args.run_id), args.out)
-    print(f"wrote {path}")
-    return 0
+
+    def report() -> int:
+        client = connect(resolve_tracking_uri(args.tracking_uri))
+        print(f"wrote {write_report(client, find_parent(client, args.experiment, args.run_id), args.out)}")
+        return 0
+
+    return exit_on((ReportError,), report)
 
 
 if __name__ == "__main__":

@@ -18,17 +18,21 @@ from tune_ct.track import tags as T
 from tune_ct.track.figures import pyplot as _plt
 
 
+class ReportError(LookupError):
+    """No search to report on; the message says what to pass."""
+
+
 def find_parent(client, experiment: str, run_id: str | None):
     if run_id:
         return client.get_run(run_id)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"error: no MLflow experiment {experiment!r}; pass --experiment and --tracking-uri")
+        raise ReportError(f"no MLflow experiment {experiment!r}; pass --experiment and --tracking-uri")
     runs = client.search_runs([exp.experiment_id],
                               f"tags.`{T.ROLE}` = '{T.ROLE_SEARCH}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise SystemExit(f"error: experiment {experiment!r} has no finished search run")
+        raise ReportError(f"experiment {experiment!r} has no finished search run")
     return runs[0]
 
 
