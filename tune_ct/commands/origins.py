@@ -19,6 +19,7 @@ from tune_ct.data.files import DataError
 from tune_ct.evaluate.leave_one_out import print_comparison
 from tune_ct.train.hyperparameters import Hyperparameters
 from tune_ct.train.origin_holdout import HoldoutOptions, run_holdout_check
+from tune_ct.train.stop_signals import stopped_by
 from tune_ct.train.space import SpaceError, load_space
 from tune_ct.train.storage import resolve_storage
 
@@ -60,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         options = HoldoutOptions(data=data_settings(args), holdout=args.holdout,
                                  hp=base_config(args.summary, args.config, args.epochs),
                                  storage=resolve_storage(args.storage), address=args.address)
-        result = run_holdout_check(options)
+        try:
+            result = run_holdout_check(options)
+        except KeyboardInterrupt as exc:
+            stop = stopped_by(exc)
+            print(f"\norigins check stopped ({stop.name}): nothing was compared; Ray was shut down", file=sys.stderr)
+            return stop.exit_status
         print_comparison(options.holdout, result["models"], result["classes_without_training_images"])
         if args.json:
             write_json(args.json, result)

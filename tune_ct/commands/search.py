@@ -109,16 +109,23 @@ def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
 
 
 def search(options: SearchOptions) -> int:
-    from tune_ct.search.console import print_outcome
+    """0: searched, tested, registered; 128 + N: stopped by signal N (the resume command was printed, or the
+    signal came during the final test and registration, which finished)."""
+    from tune_ct.search.console import print_late_stop, print_outcome
     from tune_ct.search.pipeline import run_search
+    from tune_ct.train.stop_signals import Stopped, stopped_by
 
     try:
-        summary, logged = run_search(options)
-    except KeyboardInterrupt:
-        return 130  # the resume command was printed
-    print_outcome(summary)
+        finished = run_search(options)
+    except KeyboardInterrupt as exc:
+        return stopped_by(exc).exit_status
+    print_outcome(finished.summary)
     if options.summary:
-        write_json(options.summary, {**summary.to_dict(), **logged})
+        write_json(options.summary, {**finished.summary.to_dict(), **finished.logged})
+    if finished.late_signal is not None:
+        stop = Stopped(finished.late_signal)
+        print_late_stop(stop.name)
+        return stop.exit_status
     return 0
 
 

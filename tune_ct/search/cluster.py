@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from tune_ct.search.options import SearchOptions
 from tune_ct.search.plan import SearchPlan
+from tune_ct.train.stop_signals import StopHandlers, ignored_at_start, stop_on_signals
 
 
 def ray_init_args(options: SearchOptions) -> dict:
@@ -28,8 +29,9 @@ def ray_init_args(options: SearchOptions) -> dict:
 
 
 @contextmanager
-def ray_session(options: SearchOptions) -> Iterator[object]:
-    """Ray for the search (its context: dashboard URL, session folder), shut down however the search ends."""
+def ray_session(options: SearchOptions) -> Iterator[tuple[object, StopHandlers]]:
+    """Ray for the search (its context: dashboard URL, session folder), shut down however the search ends, and
+    the handlers that turn SIGINT, SIGTERM and SIGHUP into a clean stop (tune_ct.train.stop_signals)."""
     import ray
 
     # Tune's default output engine prints a configuration box even at verbose=0; its legacy engine at verbose=0
@@ -39,12 +41,14 @@ def ray_session(options: SearchOptions) -> Iterator[object]:
         # Tune warns when experiment snapshots come close together; keeping the best epoch's checkpoint forces
         # one per report by design (CheckpointConfig num_to_keep), so the advice it prints does not apply.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A stop (Ctrl-C) reaches the search as a KeyboardInterrupt, instead of Tune's handler returning the trials so
-    # far as if the search had ended (which then tested and registered an epoch-1 checkpoint).
+    # A stop (Ctrl-C, SIGTERM, SIGHUP) reaches the search as a KeyboardInterrupt, instead of Tune's handler
+    # returning the trials so far as if the search had ended (which then tested and registered an epoch-1 checkpoint).
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    ignored = ignored_at_start()
     context = ray.init(**ray_init_args(options))
     try:
-        yield context
+        with stop_on_signals(ignored) as handlers:  # after ray.init: it installs a SIGTERM handler of its own
+            yield context, handlers
     finally:
         ray.shutdown()
 

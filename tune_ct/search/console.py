@@ -50,6 +50,10 @@ def print_stopped(argv: tuple[str, ...], name: str, why: str) -> None:
     say(f"\nsearch stopped ({why}): nothing was tested or registered. Finish it with:\n  {resume_command(argv, name)}")
 
 
+def print_late_stop(signal_name: str) -> None:
+    say(f"\n{signal_name} came during the final test and registration: they finished (above); stopping now")
+
+
 def describe_pick(rule) -> str:
     """A pick rule in words, e.g. 'best val_macro_f1 with cpu_ms_per_film <= 4'."""
     from tune_ct.train.space import COSTS, METRICS

@@ -1,14 +1,16 @@
 """A search, step by step: `run_search` reads as the list of them.
 
 Checks come first (space, tracking server, data, Ray cluster), so a mistake costs seconds, not a night of GPUs.
-The test split is touched once, at the end, by the winner alone. The parent run ends FINISHED, FAILED or KILLED;
-a stop (Ctrl-C) closes the trials' runs KILLED, tests and registers nothing, and prints the command that
-finishes the search.
+The test split is touched once, at the end, by the winner alone. The parent run ends FINISHED, FAILED or KILLED.
+A stop (SIGINT, SIGTERM, SIGHUP) during the trials closes their runs KILLED, tests and registers nothing, and
+prints the command that finishes the search; a stop during the final test and registration lets them finish
+(seconds, never a half-registered version) and is reported in `Finished.late_signal`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from tune_ct.registry.publish import BestModel, Published
 from tune_ct.search.options import SearchOptions
@@ -16,50 +18,59 @@ from tune_ct.search.plan import SearchPlan
 from tune_ct.search.results import Outcome
 from tune_ct.search.summary import SearchSummary
 from tune_ct.search.trials import ParentRun, TrialsRun
+from tune_ct.train.stop_signals import StopHandlers
 
 
-def run_search(options: SearchOptions) -> tuple[SearchSummary, dict]:
-    """(the summary, the outcome of its final logging: the tracking_* keys only the --summary file holds)."""
+@dataclass(frozen=True)
+class Finished:
+    summary: SearchSummary
+    logged: dict  # the outcome of logging the summary (tracking_* keys, for the --summary file alone)
+    late_signal: int | None = None  # a stop signal that came during the final test and registration
+
+
+def run_search(options: SearchOptions) -> Finished:
     from tune_ct.search.cluster import fit_to_cluster, ray_session
     from tune_ct.search.console import announce
     from tune_ct.search.plan import plan_search
-    from tune_ct.search.record import log_start_extras
-    from tune_ct.search.trials import build_caches, open_parent_run
+    from tune_ct.search.trials import open_parent_run
     from tune_ct.track.uri import connect
 
     started = time.monotonic()
     client = connect(options.tracking_uri)
     plan = plan_search(options, client)
-    with ray_session(options) as context:
+    with ray_session(options) as (context, handlers):
         announce(plan.name, context, options.verbose, plan.study_storage)
         plan = fit_to_cluster(plan, context)
         parent = open_parent_run(plan, client)
-        log_start_extras(plan, client, parent)
-        build_caches(plan)
-        return search_and_publish(plan, client, parent, started)
+        return search_and_publish(plan, client, parent, handlers, started)
 
 
-def search_and_publish(plan: SearchPlan, client, parent: ParentRun, started: float) -> tuple[SearchSummary, dict]:
+def search_and_publish(plan: SearchPlan, client, parent: ParentRun, handlers: StopHandlers,
+                       started: float) -> Finished:
     """Run the trials, then test and register the winner; the parent run ends FINISHED, FAILED or KILLED."""
     from tune_ct.search.final_test import publish_winner, score_winner
-    from tune_ct.search.record import record
+    from tune_ct.search.record import log_start_extras, record
     from tune_ct.search.results import read_results
-    from tune_ct.search.trials import run_trials
+    from tune_ct.search.trials import build_caches, run_trials
     from tune_ct.track.parent_run import terminate
+    from tune_ct.train.stop_signals import stopped_by
 
     status = "FAILED"
     try:
-        trials = run_trials(plan, parent)
+        log_start_extras(plan, client, parent)
+        build_caches(plan)
+        trials = run_trials(plan, parent, handlers)
         outcome = read_results(plan, trials, client, parent)
-        tested = score_winner(plan, outcome.best)
-        published = publish_winner(plan, parent, tested, client)
-        summary = summarize(plan, parent, trials, outcome, tested, published, started)
-        logged = record(summary, plan, client, parent)
+        with handlers.deferred():
+            tested = score_winner(plan, outcome.best)
+            published = publish_winner(plan, parent, tested, client)
+            summary = summarize(plan, parent, trials, outcome, tested, published, started)
+            logged = record(summary, plan, client, parent)
         status = "FINISHED"
-        return summary, logged
-    except KeyboardInterrupt:
+        return Finished(summary, logged, handlers.held)
+    except KeyboardInterrupt as exc:
         status = "KILLED"
-        stop_cleanly(plan, client, parent, "interrupted")
+        stop_cleanly(plan, client, parent, stopped_by(exc).name)
         raise
     finally:
         terminate(client, parent.run_id, status)

@@ -120,8 +120,12 @@ def trial_settings(plan: SearchPlan) -> TrialSettings:
     )
 
 
-def run_trials(plan: SearchPlan, parent: ParentRun) -> TrialsRun:
-    """Build the Tuner (new, or restored on --resume with its own restored tracker) and run every trial."""
+def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
+    """Build the Tuner (new, or restored on --resume with its own restored tracker) and run every trial. A stop
+    signal during the trials lets Tune stop at its next step and write its experiment snapshot, then raises
+    Stopped (tune_ct.train.stop_signals)."""
+    from tune_ct.train.stop_signals import Stopped
+
     from tune_ct.track.system import start_sink
     from tune_ct.track.tracker import TrialTracker
     from tune_ct.track.trial_table import TrialTable
@@ -141,6 +145,9 @@ def run_trials(plan: SearchPlan, parent: ParentRun) -> TrialsRun:
     else:
         table = TrialTable(space.metric, space.mode, space.max_epochs, plan.time_budget_s)
         tuner = new_tuner(fn, space, tune_plan, [tracker, table])
-    results = list(tuner.fit())
+    with handlers.graceful(tracker.interrupt):
+        results = list(tuner.fit())
     del sink  # held until here: Ray ends an actor no handle refers to
+    if handlers.requested is not None:
+        raise Stopped(handlers.requested)
     return TrialsRun(results, tracker)

@@ -67,6 +67,7 @@ class TrialTracker(Callback):
         self._client: MlflowClient | None = None
         self._pending: list[tuple[str, Callable[[], None]]] = []
         self._last_failure = 0.0
+        self.interrupted = False  # told to stop by a signal: the trials still running are closed KILLED after
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; clients and queued closures stay behind.
@@ -77,7 +78,12 @@ class TrialTracker(Callback):
     def __setstate__(self, state: dict) -> None:
         # A search started by an older tune_ct pickled a tracker without the newer attributes.
         self.__dict__.update({"inputs": (), "system_metrics_of": None, "_system_steps": {}, "_last_drain": 0.0,
-                              "closed": set(), **state})
+                              "closed": set(), **state, "interrupted": False})
+
+    def interrupt(self) -> None:
+        """The search was told to stop: Tune ends the running trials, which must not be closed as finished (the
+        search closes them KILLED, and --resume continues them)."""
+        self.interrupted = True
 
     def _log(self, what: str, fn: Callable[[], None]) -> None:
         """Run a log call now, or queue it (in order) while the server is unreachable."""
@@ -208,6 +214,8 @@ class TrialTracker(Callback):
         """Trials Tune ended without a completion event: at the time budget Tune stops the running trials where
         they are (mid-epoch; their reported epochs and checkpoints stay) and tells no callback. Their runs are
         closed FINISHED, tagged stopped_early=time_budget, and listed like the others the budget stopped."""
+        if self.interrupted:
+            return []
         out_of_time = self.time_budget_s is not None and time.monotonic() - self._started >= self.time_budget_s
         ended = [t for t in trials if t.trial_id in self.runs and t.trial_id not in self.closed
                  and t.status == "TERMINATED" and self._still_open(t.trial_id)]
@@ -248,6 +256,7 @@ class TrialTracker(Callback):
 
     def setup(self, **info):
         self._started = time.monotonic()  # the search's time budget counts from here (also on --resume)
+        self.interrupted = False
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs_run = int((trial.last_result or {}).get("epoch", 0))

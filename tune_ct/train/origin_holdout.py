@@ -70,21 +70,24 @@ def run_holdout_check(options: HoldoutOptions) -> dict:
     from tune_ct.evaluate.leave_one_out import compare
     from tune_ct.model.checkpoint import load_checkpoint_model
     from tune_ct.train.segmenter import ensure_segmenter
+    from tune_ct.train.stop_signals import ignored_at_start, stop_on_signals
 
     prep, holdout = check_holdout(options), options.holdout
     subsets, counts, missing = holdout_subsets(options, prep)
     test = locked_split_of(prep, options.data)
     segmenter = ensure_segmenter(prep, options.data.work, options.data.seed)[0] if options.hp.get("lung_crop") else None
+    ignored = ignored_at_start()
     ray.init(address=options.address or "local")
     started = time.strftime("%Y%m%d-%H%M%S")
+    evaluations = {}
     try:
-        evaluations = {}
-        for name, subset in subsets.items():
-            # A new name per check: Ray Train resumes a run of the same name and storage, which would score the
-            # previous check's models under this check's configuration.
-            model, meta = load_checkpoint_model(train_one(options, subset, f"origins-{holdout}-{name}-{started}",
-                                                          segmenter))
-            evaluations[name] = evaluate_on(model, meta, test)
+        with stop_on_signals(ignored):  # SIGTERM, SIGHUP and Ctrl-C stop both trainings cleanly
+            for name, subset in subsets.items():
+                # A new name per check: Ray Train resumes a run of the same name and storage, which would score
+                # the previous check's models under this check's configuration.
+                model, meta = load_checkpoint_model(train_one(options, subset, f"origins-{holdout}-{name}-{started}",
+                                                              segmenter))
+                evaluations[name] = evaluate_on(model, meta, test)
     finally:
         ray.shutdown()
     return {"holdout": holdout, "split": "test", "config": options.hp, "classes_without_training_images": missing,

@@ -1,0 +1,136 @@
+"""Every way of being told to stop is a clean stop. One real search is stopped three times, by the real signals:
+SIGINT to its process group (Ctrl-C in a terminal), then SIGTERM to the driver's pid alone (Slurm, Kubernetes,
+systemd, `timeout`), then SIGHUP to the driver's pid (the terminal went away); each time it is resumed with the
+command it printed, and the last resume finishes it. After each stop: exit status 128 + the signal's number, no
+child run RUNNING, the parent run KILLED and tagged interrupted, nothing tested or registered, no Ray process of
+the search left; at the end every trial's values are in the Optuna study."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from helpers.films import make_small_dataset
+from helpers.search_cli import SPACES
+from tune_ct.track import tags
+
+REGISTER = "stopped-model"
+
+
+def space(folder: Path) -> Path:
+    """Trials long enough to be stopped three times (actor runner, 8 epochs at 64 px, one at a time)."""
+    raw = yaml.safe_load((SPACES / "tiny.yaml").read_text())
+    raw["search"].update(runner="actor", max_concurrent=1, num_samples=2)
+    raw["params"].update(epochs=8, image_size=64)
+    (folder / "space.yaml").write_text(yaml.safe_dump(raw))
+    return folder / "space.yaml"
+
+
+def ray_processes(ray_dir: Path) -> list[str]:
+    """Command lines of live processes that belong to the Ray this search started (its own temp folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and str(ray_dir) in cmdline:
+            found.append(cmdline[:200])
+    return found
+
+
+def epochs_logged(client: MlflowClient) -> int:
+    exp = client.get_experiment_by_name("stops")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{tags.TRIAL_ID}` != ''") if exp else []
+    return sum(len(client.get_metric_history(r.info.run_id, "val_macro_f1")) for r in runs)
+
+
+def run_until_a_new_epoch(command: list[str], folder: Path, env: dict, client: MlflowClient, log: Path):
+    """Start the search and return it once it has logged one more epoch than before (it is then mid-trial)."""
+    before = epochs_logged(client) if (folder / "mlflow.db").exists() else 0
+    proc = subprocess.Popen(command, cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (folder / "mlflow.db").exists() and epochs_logged(client) > before:
+            return proc
+    pytest.fail(f"the search logged no new epoch (exit {proc.poll()}): {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen, sig: int, whole_group: bool) -> int:
+    try:
+        os.killpg(proc.pid, sig) if whole_group else os.kill(proc.pid, sig)
+        return proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def check_stopped_cleanly(client: MlflowClient, rc: int, sig: int, log: Path, ray_dir: Path) -> list[str]:
+    """The checks every stop must pass; returns the resume command it printed."""
+    out = log.read_text()
+    assert rc == 128 + sig, out[-3000:]
+    parent = client.search_runs([client.get_experiment_by_name("stops").experiment_id],
+                                f"tags.`{tags.ROLE}` = '{tags.ROLE_SEARCH}'")[0]
+    assert parent.info.status == "KILLED" and parent.data.tags.get(tags.INTERRUPTED)
+    assert "test_macro_f1" not in parent.data.metrics  # the test split was not touched
+    assert not client.search_registered_models(f"name = '{REGISTER}'")  # nothing registered
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert children and not [c.info.run_id for c in children if c.info.status == "RUNNING"]
+    deadline = time.monotonic() + 30  # Ray's processes go as ray.shutdown() returns; allow them to exit
+    while ray_processes(ray_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes(ray_dir), ray_processes(ray_dir)
+    assert f"search stopped ({signal.Signals(sig).name})" in out
+    command = shlex.split(out.split("Finish it with:\n")[1].splitlines()[0])
+    assert command[:3] == ["python", "-m", "tune_ct.search"] and command[-1] == "--resume"
+    return [sys.executable, *command[1:]]
+
+
+@pytest.mark.timeout(1500)
+def test_sigint_sigterm_and_sighup_each_stop_cleanly_and_the_printed_command_finishes(tmp_path, data_dir):
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray-stops-", dir="/tmp"))  # short: Ray's socket paths must fit
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env["RAY_TMPDIR"] = str(ray_dir)
+    client = MlflowClient(db, registry_uri=db)
+    command = [sys.executable, "-m", "tune_ct.search", "--data", str(data), "--space", str(space(tmp_path)),
+               "--limit-per-class", "16", "--experiment", "stops", "--tracking-uri", db, "--name", "night",
+               "--register-name", REGISTER, "--summary", str(tmp_path / "summary.json")]
+    try:
+        for sig, whole_group in ((signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)):
+            log = tmp_path / f"{signal.Signals(sig).name}.log"
+            proc = run_until_a_new_epoch(command, tmp_path, env, client, log)
+            command = check_stopped_cleanly(client, stop(proc, sig, whole_group), sig, log, ray_dir)
+        finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.info.status == "FINISHED" and summary["registered_version"] is not None
+    children = [client.get_run(r) for r in summary["child_run_ids"]]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    # Every trial's values are in the study: one finished Optuna trial per Tune trial, with the runs' values.
+    study = optuna.load_study(study_name="night", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    finished_trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(finished_trials) == 2 and not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert sorted(t.value for t in finished_trials) == pytest.approx(
+        sorted(c.data.metrics["val_macro_f1"] for c in children))
