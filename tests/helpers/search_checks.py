@@ -78,3 +78,24 @@ def check_test_split_never_reached_a_trial(summary: dict) -> None:
     assert read_by_trials, f"no trial cache under {summary['workdir']}"
     assert all(not set(i["files"]) & test_files for i in read_by_trials)
     assert any(set(i["files"]) == trainval for i in read_by_trials)  # the very list the trials were given
+
+
+def check_study_tells_the_truth(study, client, summary: dict, planned_epochs: int) -> None:
+    """One Optuna trial per Tune trial (matched by the sampled lr), none left RUNNING: every epoch an intermediate
+    value at step = epoch, equal to the child run's val_macro_f1 history; a trial that ran all its epochs COMPLETE
+    with its best epoch's value, one stopped early PRUNED."""
+    from optuna.trial import TrialState
+
+    assert not [t.number for t in study.trials if t.state == TrialState.RUNNING]
+    told = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(told) == summary["trials"], [(t.number, t.state) for t in study.trials]
+    by_lr = {round(t.params["lr"], 12): t for t in told}
+    for run_id in summary["child_run_ids"]:
+        run = client.get_run(run_id)
+        trial = by_lr[round(float(run.data.params["lr"]), 12)]
+        history = {m.step: m.value for m in client.get_metric_history(run_id, "val_macro_f1")}
+        assert trial.intermediate_values == history, (trial.number, trial.intermediate_values, history)
+        if int(run.data.tags[tags.EPOCHS_RUN]) >= planned_epochs:
+            assert trial.state == TrialState.COMPLETE and trial.value == max(history.values())
+        else:
+            assert trial.state == TrialState.PRUNED, (trial.number, trial.state, run.data.tags[tags.EPOCHS_RUN])

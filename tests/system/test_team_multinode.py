@@ -33,14 +33,18 @@ def space_with_runner(tmp_path: Path, name: str, runner: str) -> Path:
     return path
 
 
+WORKERS = ("worker1", "worker2", "worker3")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head with no CPU (only GCS and the dashboard) + two 1-CPU workers, shared by this module's tests (the
-    node-kill test comes last); every process stopped afterwards."""
+    """Head with no CPU (only GCS and the dashboard) + three 1-CPU workers, shared by this module's tests: each
+    node-kill test (they come last) loses one node and still leaves two, so no node is ever replaced (a replaced
+    node that never re-joined once cost CI 768 s); every process stopped afterwards."""
     c = start_local_cluster(tmp_path_factory.mktemp("cluster"), head_cpus=0, head_resources={"head": 1}, timeout=300)
     try:
-        c.add_worker("worker1", 1, {"worker1": 1}, timeout=240)
-        c.add_worker("worker2", 1, {"worker2": 1}, timeout=240)
+        for name in WORKERS:
+            c.add_worker(name, 1, {name: 1}, timeout=240)
         yield c
     finally:
         c.stop()
@@ -116,7 +120,7 @@ def test_search_on_two_node_cluster_uses_both_nodes(tmp_path, data_dir, cluster,
     assert len(runs) == 2 == len({r.data.tags["tune_ct.trial_id"] for r in runs})
     names = cluster.node_ids()
     used = {names.get(a["node_id"], "?") for a in cluster.actors(TRAINING_ACTOR["actor"])}
-    assert {"worker1", "worker2"} <= used, f"trial actors ran on {used}"
+    assert len(used & set(WORKERS)) >= 2, f"trial actors ran on {used}"
     print(f"\n2 trials on {sorted(used)} in {time.monotonic() - t0:.0f}s")
 
 
@@ -142,10 +146,10 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
             alive = [a for a in cluster.actors(TRAINING_ACTOR[runner]) if a["state"] == "ALIVE"]
             names = cluster.node_ids()
             if alive:
-                victim = names[alive[0]["node_id"]]
+                victim, job = names[alive[0]["node_id"]], alive[0]["job_id"]  # this search's job
                 killed_epoch = max(epochs)
-        assert victim in ("worker1", "worker2"), (tmp_path / "search.log").read_text()[-4000:]
-        node = [n for n in cluster.nodes if n.name == victim][-1]  # the live one (a killed node was replaced)
+        assert victim in WORKERS, (tmp_path / "search.log").read_text()[-4000:]
+        node = next(n for n in cluster.nodes if n.name == victim)
         os.kill(node.raylet_pid(), signal.SIGKILL)
         killed_at = time.monotonic()
     except BaseException:
@@ -157,9 +161,7 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
         summary = finish(proc, tmp_path)
         recovered = time.monotonic() - killed_at
     finally:
-        # The next runner's test needs two worker nodes again: replace the killed one.
-        node.stop()
-        cluster.add_worker(victim, 1, {victim: 1}, timeout=240)
+        node.stop()  # the rest of the killed node; the next runner's test still has two live workers
     runs = children(client, summary["parent_run_id"])
     assert len(runs) == 1 and summary["trials"] == 1 and summary["trials_errored"] == 0
     (run,) = runs
@@ -167,8 +169,8 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_macro_f1"))
     assert steps == list(range(1, 11)), f"each epoch once, in the one child run: {steps}"
     names = cluster.node_ids()
-    survivor = {"worker1": "worker2", "worker2": "worker1"}[victim]
-    used = {names.get(a["node_id"], "?") for a in cluster.actors(TRAINING_ACTOR[runner])}
-    assert survivor in used, f"the trial did not move to {survivor}: it trained on {used}"
-    print(f"\nkilled {victim}'s raylet after epoch {killed_epoch}; trial finished on {survivor} "
+    used = {names.get(a["node_id"], "?") for a in cluster.actors(TRAINING_ACTOR[runner]) if a["job_id"] == job}
+    survivors = (used & set(WORKERS)) - {victim}
+    assert survivors, f"the trial did not move off {victim}: it trained on {used}"
+    print(f"\nkilled {victim}'s raylet after epoch {killed_epoch}; trial finished on {sorted(survivors)} "
           f"{recovered:.0f}s later; trials lost 0, child runs {len(runs)}")

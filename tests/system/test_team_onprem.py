@@ -21,13 +21,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.servers import stop_process
+from helpers.servers import free_port, stop_process
 from mlflow.tracking import MlflowClient
 
 # System test: a throw-away sshd, `ray up` and a search on the cluster it starts.
 from helpers.search_cli import REPO
 SSHD = Path("/usr/sbin/sshd")
-PORTS = {22: "sshd", 6379: "Ray GCS", 5000: "MLflow", 8265: "Ray dashboard"}  # the ports the shipped file uses
+# Ray's SSH runner always dials port 22; the cluster's own ports (GCS 6379, dashboard 8265, MLflow 5000 in the
+# shipped file) are moved to free ones, so another Ray or MLflow on this machine neither blocks nor meets this test.
+SHIPPED_PORTS = {"gcs": 6379, "dashboard": 8265, "mlflow": 5000}
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -62,9 +64,11 @@ def processes() -> dict[int, str]:
     return out
 
 
-def ray_processes() -> list[str]:
+def ray_processes(gcs_port: int) -> list[str]:
+    """This cluster's Ray processes: those that name its GCS port."""
     return [f"{pid} {cmd[:120]}" for pid, cmd in processes().items()
-            if "/raylet " in f"{cmd} " or "/gcs_server " in f"{cmd} " or "ray/dashboard/dashboard.py" in cmd]
+            if ("/raylet " in f"{cmd} " or "/gcs_server " in f"{cmd} " or "ray/dashboard/dashboard.py" in cmd)
+            and str(gcs_port) in cmd]
 
 
 @pytest.fixture
@@ -72,9 +76,8 @@ def sshd(tmp_path):
     """sshd on 127.0.0.1:22, key-only, with a throw-away key and HOME (a fresh user's /etc/skel files)."""
     if not SSHD.exists() or not shutil.which("rsync"):
         pytest.skip("needs openssh-server and rsync: .ci/run installs them (apt-get install openssh-server rsync)")
-    busy = [f"{port} ({what})" for port, what in PORTS.items() if not port_free(port)]
-    if busy or ray_processes():
-        pytest.skip(f"127.0.0.1 ports in use: {busy}; or Ray already running here: {ray_processes()[:3]}")
+    if not port_free(22):
+        pytest.skip("127.0.0.1:22 is in use: Ray's SSH runner needs the test's own sshd there")
     folder, home = tmp_path / "sshd", tmp_path / "home"
     folder.mkdir()
     shutil.copytree("/etc/skel", home)
@@ -99,12 +102,23 @@ def sshd(tmp_path):
         stop_process(proc)
 
 
-def onprem_config(tmp_path: Path, key: Path) -> Path:
+def onprem_config(tmp_path: Path, key: Path, ports: dict[str, int]) -> Path:
+    """The shipped file for a one-node cluster on 127.0.0.1, on `ports` instead of the shipped ones."""
     cfg = yaml.safe_load((REPO / "cluster-onprem.yaml").read_text())
     cfg["cluster_name"] = f"tune-ct-test-{os.getpid()}"
     cfg["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(key)}
     cfg["setup_commands"] = [c for c in cfg["setup_commands"] if "pip install" not in c]
+    moved = {f"--port={SHIPPED_PORTS['gcs']}": f"--port={ports['gcs']} --dashboard-port={ports['dashboard']}",
+             f"127.0.0.1:{SHIPPED_PORTS['mlflow']}": f"127.0.0.1:{ports['mlflow']}",
+             "start --root ~/mlflow_data": f"start --root ~/mlflow_data --port {ports['mlflow']}"}
+    commands = []
+    for command in cfg["head_start_ray_commands"]:
+        for old, new in moved.items():
+            command = command.replace(old, new)
+        commands.append(command)
+    assert commands != cfg["head_start_ray_commands"], "the shipped file's ports moved: update SHIPPED_PORTS"
+    cfg["head_start_ray_commands"] = commands
     path = tmp_path / "cluster-onprem-test.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -135,35 +149,37 @@ def test_ray_up_onprem_search_and_ray_down(tmp_path, sshd, data_dir):
     key, home = sshd
     if not (Path.home() / ".ray" / "auth_token").exists():
         subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
-    config = onprem_config(tmp_path, key)
+    ports = {name: free_port() for name in SHIPPED_PORTS}
+    config = onprem_config(tmp_path, key, ports)
+    mlflow_uri = f"http://127.0.0.1:{ports['mlflow']}"
     try:
         started = time.monotonic()
         ray_cli("up", "-y", "--no-config-cache", str(config), timeout=300)
         up_seconds = time.monotonic() - started
         assert (home / "tune_ct" / "tune_ct" / "search.py").is_file()  # the file mount reached the node
         assert not (home / "tune_ct" / ".venv").exists()  # rsync_exclude kept the local venv out
-        assert ray_processes(), "ray up exited 0 but started no Ray"
+        assert ray_processes(ports["gcs"]), "ray up exited 0 but started no Ray"
         assert (home / ".local" / "bin" / "ray").is_symlink()  # `ray` on the SSH user's non-interactive PATH
 
         # Token auth is on: the status and the search go through it.
         ray_cli("exec", str(config), "RAY_AUTH_MODE=token ~/venv/bin/ray status", timeout=120)
         search = (f"cd ~/tune_ct && RAY_AUTH_MODE=token ~/venv/bin/python -m tune_ct.search --address auto "
                   f"--data {data_dir} --space tests/spaces/tiny.yaml --limit-per-class 16 --num-samples 1 "
-                  "--max-concurrent 1 --tracking-uri http://127.0.0.1:5000 --storage ~/ray_results "
+                  f"--max-concurrent 1 --tracking-uri {mlflow_uri} --storage ~/ray_results "
                   "--workdir ~/tune_ct_work --experiment onprem --summary ~/summary.json")
         ray_cli("exec", str(config), search, timeout=480)
         summary = json.loads((home / "summary.json").read_text())
         assert summary["trials"] == 1 and summary["trials_errored"] == 0
         assert summary["test_metrics"]["split"] == "test"
-        # Tracked by the server the head's start commands launched (127.0.0.1:5000, data under the node's home).
-        parent = MlflowClient("http://127.0.0.1:5000").get_run(summary["parent_run_id"])
+        # Tracked by the server the head's start commands launched (data under the node's home).
+        parent = MlflowClient(mlflow_uri).get_run(summary["parent_run_id"])
         assert parent.info.status == "FINISHED" and (home / "mlflow_data").is_dir()
 
         ray_cli("down", "-y", str(config), timeout=180)
         deadline = time.monotonic() + 30
-        while ray_processes() and time.monotonic() < deadline:
+        while ray_processes(ports["gcs"]) and time.monotonic() < deadline:
             time.sleep(1)
-        assert not ray_processes(), f"`ray down` exited 0 but Ray still runs: {ray_processes()}"
+        assert not ray_processes(ports["gcs"]), f"`ray down` exited 0 but Ray still runs: {ray_processes(ports['gcs'])}"
         print(f"\nray up (local provider, loopback sshd) took {up_seconds:.1f}s")
     finally:
         kill_leftovers(home)

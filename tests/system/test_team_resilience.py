@@ -15,8 +15,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from optuna.trial import TrialState
 from helpers.films import make_small_dataset
+from helpers.search_checks import check_study_tells_the_truth
 from helpers.servers import free_port, start_mlflow_server, stop_process
 from mlflow.tracking import MlflowClient
 
@@ -90,17 +90,6 @@ def test_search_refuses_unusable_tracking_server_before_any_compute(tmp_path, da
         stop_process(server)
 
 
-def check_study_counts_every_trial_once(db: Path, name: str, summary: dict, client: MlflowClient) -> None:
-    """The study on disk ends with one finished Optuna trial per Tune trial, with the child runs' values (a trial
-    asked for as the driver died is closed FAIL, never left RUNNING or counted)."""
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
-    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == summary["trials"], [(t.number, t.state) for t in study.trials]
-    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
-    values = sorted(client.get_run(r).data.metrics["val_macro_f1"] for r in summary["child_run_ids"])
-    assert sorted(t.value for t in finished) == pytest.approx(values)
-
-
 def children_of(client: MlflowClient, parent_id: str):
     parent = client.get_run(parent_id)
     return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
@@ -172,7 +161,9 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_
             assert sorted(steps) == list(range(1, len(steps) + 1)), steps  # resumed trial: no epoch logged twice
         assert client.get_run(parent_id).info.status == "FINISHED"
         assert client.get_run(parent_id).data.tags.get("tune_ct.resumed")
-        check_study_counts_every_trial_once(tmp_path / "optuna.db", "night", summary, client)
+        study = optuna.load_study(study_name="night", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        check_study_tells_the_truth(study, client, summary, planned_epochs=yaml.safe_load(space.read_text())[
+            "params"]["epochs"])
         print(f"\nkilled after {len(finished_before)} finished trial(s); resume finished the search in "
               f"{resume_seconds:.0f}s ({time.monotonic() - killed_at:.0f}s after the kill); trials lost 0, "
               f"duplicate child runs {len(runs) - len(by_trial)}, orphaned runs closed {len(orphans)}")

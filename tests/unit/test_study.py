@@ -41,42 +41,79 @@ def searcher(url: str):
     return search
 
 
+def report(search, trial_id: str, *values: float, planned: int, start: int = 1) -> None:
+    """Epochs `start`, start+1, ... of a trial, as Tune hands them to the searcher (with the trial's config)."""
+    for epoch, value in enumerate(values, start):
+        search.on_trial_result(trial_id, {"val_macro_f1": value, "epoch": epoch, "training_iteration": epoch,
+                                          "config": {"epochs": planned}})
+
+
 def test_a_restored_searcher_agrees_with_the_study_on_disk(tmp_path):
     """The driver died after the snapshot: one Optuna trial was asked for (RUNNING on disk, unknown to Tune) and
-    one the snapshot holds as running was already told COMPLETE. After restore the first is FAIL and the second is
-    not told again."""
+    one the snapshot holds as running was already told. After restore the first is FAIL and the second is not told
+    again."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     first = searcher(url)
     assert first.suggest("t1") and first.suggest("t2")
     snapshot = tmp_path / "searcher-state.pkl"
     first.save(str(snapshot))
-    first.on_trial_complete("t1", {"val_macro_f1": 0.5, "training_iteration": 2})  # after the snapshot
+    report(first, "t1", 0.4, 0.5, planned=2)
+    first.on_trial_complete("t1", {"val_macro_f1": 0.5})  # after the snapshot
     first.suggest("t3")  # asked for as the driver died: Tune never recorded t3
 
     restored = searcher(url)
     restored.restore(str(snapshot))
     # Tune replays t1's last epoch and end: Optuna refuses reports to a finished trial (Ray's OptunaSearch would
     # raise into the Tune loop here), so the restored searcher must know t1 has finished.
-    restored.on_trial_result("t1", {"val_macro_f1": 0.9, "training_iteration": 2})
-    restored.on_trial_complete("t1", {"val_macro_f1": 0.9, "training_iteration": 2})
-    restored.on_trial_complete("t2", {"val_macro_f1": 0.4, "training_iteration": 1})
+    report(restored, "t1", 0.9, planned=2, start=2)
+    restored.on_trial_complete("t1", {"val_macro_f1": 0.9})
+    report(restored, "t2", 0.4, planned=2)
+    restored.on_trial_complete("t2", {"val_macro_f1": 0.4})  # stopped after 1 of 2 epochs (ASHA)
     trials = optuna.load_study(study_name="s1", storage=url).trials
     assert [(t.number, t.state, t.value) for t in trials] == [
-        (0, TrialState.COMPLETE, 0.5), (1, TrialState.COMPLETE, 0.4), (2, TrialState.FAIL, None)]
+        (0, TrialState.COMPLETE, 0.5), (1, TrialState.PRUNED, 0.4), (2, TrialState.FAIL, None)]
 
 
-def test_trials_the_time_budget_stopped_are_told_their_values_or_failed():
+def test_the_study_is_told_the_truth_about_each_trial(tmp_path):
+    """Every epoch an intermediate value at step = epoch; a finished trial COMPLETE with its best epoch's value (the
+    epoch the search picks, not the last); a trial stopped early PRUNED (TPE then ranks it by how far it got); an
+    errored one FAIL; a retried trial whose training_iteration restarts keeps its epochs as steps."""
+    search = searcher(f"sqlite:///{tmp_path / 'optuna.db'}")
+    for t in ("done", "asha", "error", "retried"):
+        search.suggest(t)
+    report(search, "done", 0.3, 0.6, 0.5, planned=3)
+    search.on_trial_complete("done", {"val_macro_f1": 0.5})
+    report(search, "asha", 0.2, planned=3)
+    search.on_trial_complete("asha", {"val_macro_f1": 0.2})
+    report(search, "error", 0.1, planned=3)
+    search.on_trial_complete("error", None, error=True)
+    report(search, "retried", 0.3, planned=2)
+    search.on_trial_result("retried", {"val_macro_f1": 0.4, "epoch": 2, "training_iteration": 1,
+                                       "config": {"epochs": 2}})  # Tune's iteration restarted after a retry
+    search.on_trial_complete("retried", {"val_macro_f1": 0.4})
+    trials = {t.number: t for t in search._ot_study.trials}
+    assert (trials[0].state, trials[0].value, trials[0].intermediate_values) == (
+        TrialState.COMPLETE, 0.6, {1: 0.3, 2: 0.6, 3: 0.5})
+    # Optuna gives a pruned trial its last intermediate value; TPE ranks it after the finished ones.
+    assert (trials[1].state, trials[1].value, trials[1].intermediate_values) == (TrialState.PRUNED, 0.2, {1: 0.2})
+    assert trials[2].state == TrialState.FAIL
+    assert (trials[3].state, trials[3].value, trials[3].intermediate_values) == (
+        TrialState.COMPLETE, 0.4, {1: 0.3, 2: 0.4})
+
+
+def test_trials_the_time_budget_stopped_are_told_how_far_they_got():
     from tune_ct.track.study import finish_running
 
     study = optuna.create_study(direction="maximize")
     trials = []
-    for lr in (1e-3, 2e-3, 3e-3):
+    for lr in (1e-3, 2e-3, 3e-3, 4e-3):
         study.enqueue_trial({"lr": lr})
         trials.append(study.ask())
         trials[-1].suggest_float("lr", 1e-4, 1e-2, log=True)
     study.tell(trials[0], 0.5)
-    # Tune's view at the end: the trial with lr 2e-3 reported 0.4 so far, the one with 3e-3 reported nothing.
-    ended = [({"lr": 1e-3, "batch_size": 8}, 0.5), ({"lr": 2e-3, "batch_size": 8}, 0.4), ({"lr": 3e-3}, None)]
-    assert finish_running(study, ended) == [1, 2]
+    # Tune's view at the end: 2e-3 ran 1 of 4 epochs (best 0.4), 3e-3 reported nothing, 4e-3 had just finished.
+    ended = [({"lr": 1e-3, "epochs": 4}, {"val_macro_f1": 0.5}, 4), ({"lr": 2e-3, "epochs": 4}, {"val_macro_f1": 0.4}, 1),
+             ({"lr": 3e-3, "epochs": 4}, None, 0), ({"lr": 4e-3, "epochs": 4}, {"val_macro_f1": 0.7}, 4)]
+    assert finish_running(study, ended, ["val_macro_f1"]) == [1, 2, 3]
     assert [(t.state, t.value) for t in study.trials] == [
-        (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.4), (TrialState.FAIL, None)]
+        (TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None), (TrialState.FAIL, None), (TrialState.COMPLETE, 0.7)]

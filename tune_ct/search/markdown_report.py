@@ -245,7 +245,20 @@ def history_section(client, parent, children, metric: str, out: Path) -> list[st
               for c in best]
     study, where = search_study(parent, children, space, metric)
     made = optuna_plots(study, out) if len(study.trials) else []
-    return lines + ["", f"## Search history (Optuna, {where})", ""] + [f"![{n}]({n})" for n in made] + [""]
+    return lines + ["", f"## Search history (Optuna, {where})", "", *study_states(study)] + \
+        [f"![{n}]({n})" for n in made] + [""]
+
+
+def study_states(study) -> list[str]:
+    """How the study's trials ended: the importance plot reads the finished (COMPLETE) ones only."""
+    from collections import Counter
+
+    counts = Counter(t.state.name for t in study.trials)
+    if not counts.get("PRUNED"):
+        return []
+    return [f"{counts.get('COMPLETE', 0)} trial(s) ran all their epochs (COMPLETE, valued at their best epoch); "
+            f"{counts['PRUNED']} were stopped early (PRUNED, ranked by how far they got). Parameter importances "
+            "come from the COMPLETE trials only: a stopped trial's figure comes from fewer epochs.", ""]
 
 
 def write_report(client, parent, out: Path) -> Path:

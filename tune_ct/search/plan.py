@@ -75,11 +75,24 @@ def plan_search(options: SearchOptions, client) -> SearchPlan:
     data = prepare_data(options.data)
     experiment_id = open_experiment(client, options.experiment, options.tracking_uri)
     name, parent_id = name_and_parent(options, client, experiment_id)
+    select_on = prepare_selection(options, space)
+    study = plan_study(options, space, name, client, parent_id)  # a storage that does not open fails here
+    if study and parent_id is None:
+        from tune_ct.track.study import create_search_study
+
+        create_search_study(study, name, space.objectives, study_identity(options, space, data, select_on))
     return SearchPlan(
         options, space, data, name, experiment_id, options.num_samples or space.search.num_samples,
-        resolve_scheduler(options.scheduler, space), time_budget_s(options, space),
-        plan_study(options, space, name, client, parent_id),  # a storage that does not open fails here
-        prepare_selection(options, space), prepare_segmenter(space, data, options.data), parent_id)
+        resolve_scheduler(options.scheduler, space), time_budget_s(options, space), study, select_on,
+        prepare_segmenter(space, data, options.data), parent_id)
+
+
+def study_identity(options: SearchOptions, space: Space, data: Prepared, select_on: SelectOn | None) -> dict:
+    """What the trials of a search saw and were scored on, recorded on its Optuna study: two studies with the
+    same identity searched the same data for the same metric."""
+    return {"tune_ct.manifest_hash": data.manifest.hash, "tune_ct.limit_per_class": options.data.limit_per_class,
+            "tune_ct.seed": options.data.seed, "tune_ct.objectives": [list(o) for o in space.objectives],
+            "tune_ct.select_on_hash": select_on.films.content_hash if select_on else None}
 
 
 def check_selection_metric(space: Space, options: SearchOptions) -> None:

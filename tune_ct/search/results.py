@@ -5,7 +5,6 @@ multi-objective search the Pareto front and the member its pick rule takes)."""
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from tune_ct.search.plan import SearchPlan
@@ -30,31 +29,28 @@ def read_results(plan: SearchPlan, trials: TrialsRun, client, parent: ParentRun)
     return Outcome(best, front, tuple(orphans))
 
 
-def final_values(df, objectives: tuple[tuple[str, str], ...]):
-    """A trial's value(s) for its study: the last epoch's metric, or for a multi-objective study the values at the
-    best epoch on the first objective (as StudySearch tells them); None when a value is missing or not finite."""
-    names = [n for n, _ in objectives]
-    if df is None or df.empty or not all(n in df for n in names):
-        return None
-    row = best_row(df, names[0], objectives[0][1]) if len(names) > 1 else df.iloc[-1]
-    values = [float(row[n]) for n in names]
-    if not all(math.isfinite(v) for v in values):
-        return None
-    return values if len(names) > 1 else values[0]
+def ended_trial(result, objectives: tuple[tuple[str, str], ...]) -> tuple[dict, dict | None, int]:
+    """(config, its best report on the first objective, epochs run) of a trial Tune ended, from its results."""
+    df = result.metrics_dataframe
+    name, mode = objectives[0]
+    if df is None or df.empty or name not in df or df[name].isna().all():
+        return dict(result.config), None, 0
+    best = best_row(df.dropna(subset=[name]), name, mode)
+    return dict(result.config), best.to_dict(), int(df["epoch"].max()) if "epoch" in df else len(df)
 
 
 def settle_study(plan: SearchPlan, results: list) -> None:
     """Optuna trials still RUNNING after the search (Tune stopped them at the time budget without telling the
-    searcher) are told what their Tune trials reported."""
+    searcher) are told what their Tune trials did: PRUNED if stopped early (tune_ct.track.study.verdict)."""
     from tune_ct.track.study import finish_running, load_study
 
     study = load_study(plan.study_storage, plan.name) if plan.study_storage else None
     if study is None:
         return
-    ended = [(r.config, final_values(r.metrics_dataframe, plan.space.objectives)) for r in results]
-    told = finish_running(study, ended)
+    ended = [ended_trial(r, plan.space.objectives) for r in results]
+    told = finish_running(study, ended, [n for n, _ in plan.space.objectives])
     if told:
-        log.info(f"Optuna study {plan.name}: trial(s) {told} stopped by the time budget, told their values so far")
+        log.info(f"Optuna study {plan.name}: trial(s) {told} stopped by the time budget, told how far they got")
 
 
 def close_orphans(plan: SearchPlan, results: list, client, parent: ParentRun) -> list[str]:

@@ -2,11 +2,12 @@
 by default `sqlite:///optuna.db` in the working folder beside `mlflow.db`, so `optuna-dashboard URL` shows the
 search live and the report reads the study itself instead of rebuilding it from MLflow runs.
 
-Optuna records for each trial the value of the space's metric in the trial's *last* report (Ray's OptunaSearch
-tells Optuna the last result when a trial ends: the last epoch it ran, also for a trial ASHA stopped), not its
-best epoch; the epochs reported before the end are its intermediate values (step = Tune's training iteration).
-A multi-objective study (search.objectives) is told each trial's values at its best epoch on the first objective,
-the epoch its Pareto point and checkpoint come from (tune_ct.train.tuner.StudySearch); it has no intermediate values.
+What the study is told (`verdict`, by tune_ct.train.tuner.StudySearch and, for trials the time budget stopped,
+by `finish_running`): every epoch is an intermediate value at step = epoch; a trial that ran all its epochs is
+COMPLETE with its best epoch's value on the search metric (the epoch the search picks; a multi-objective study: its
+values at the best epoch on the first objective, and no intermediate values); a trial stopped early (ASHA, the time
+budget) is PRUNED; an errored one FAIL. Studies written before this (early-stopped trials told COMPLETE with their
+last value) carry no `tune_ct.truthful` user attribute.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def check_study(url: str, name: str, resume: bool) -> None:
                          f"earlier search; continue it with --resume --name {name}, or choose another --name")
 
 
+def create_search_study(url: str, name: str, objectives: tuple[tuple[str, str], ...], attrs: dict) -> None:
+    """The new search's study, created before Ray's OptunaSearch loads it (it creates with load_if_exists), so it
+    carries from the start what its trials saw (`attrs`: the data's identity, the metric; warm starts compare
+    them) and that its trials are told the truth (TRUTHFUL_ATTR)."""
+    import optuna
+
+    directions = ["maximize" if mode == "max" else "minimize" for _, mode in objectives]
+    study = optuna.create_study(study_name=name, storage=open_storage(url), directions=directions,
+                                load_if_exists=True)
+    for key, value in {TRUTHFUL_ATTR: True, **attrs}.items():
+        study.set_user_attr(key, value)
+
+
 def reconcile(study, ot_trials: dict, completed: set) -> list[int]:
     """Fail the RUNNING trials on disk that the searcher does not know; mark as completed the searcher's trials
     that the disk already finished. Returns the numbers of the failed ones."""
@@ -79,19 +93,35 @@ def reconcile(study, ot_trials: dict, completed: set) -> list[int]:
     return orphans
 
 
-def finish_running(study, ended: list[tuple[dict, object]]) -> list[int]:
+TRUTHFUL_ATTR = "tune_ct.truthful"  # study user attribute: trials are told as `verdict` says
+
+
+def verdict(best: dict | None, metrics: list[str], epochs_run: int, planned: int, error: bool = False):
+    """(Optuna state, value(s) or None) of a trial that ended: FAIL on an error or with no report; PRUNED when it
+    ran fewer epochs than planned (Optuna ranks it by its intermediate values); else COMPLETE with the value(s) of
+    `best`, its best report on the first metric."""
+    from optuna.trial import TrialState
+
+    if error or best is None or epochs_run == 0:
+        return TrialState.FAIL, None
+    if epochs_run < planned:
+        return TrialState.PRUNED, None
+    values = [float(best[m]) for m in metrics]
+    return TrialState.COMPLETE, values if len(values) > 1 else values[0]
+
+
+def finish_running(study, ended: list[tuple[dict, dict | None, int]], metrics: list[str]) -> list[int]:
     """Tell the study's RUNNING trials, which Tune ended without telling its searcher (at the time budget Tune
-    stops running trials where they are), with their values so far: `ended` holds (Tune config, value or list of
-    values or None) per trial, matched to the Optuna trial by its sampled parameters. None: FAIL."""
+    stops running trials where they are): `ended` holds (Tune config, best report or None, epochs run) per trial,
+    matched to the Optuna trial by its sampled parameters; `verdict` decides (stopped early: PRUNED)."""
     from optuna.trial import TrialState
 
     told = []
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        match = [v for config, v in ended if all(config.get(k) == x for k, x in frozen.params.items())]
-        if match and match[0] is not None:
-            study.tell(frozen.number, match[0])
-        else:
-            study.tell(frozen.number, state=TrialState.FAIL)
+        match = [(c, b, n) for c, b, n in ended if all(c.get(k) == x for k, x in frozen.params.items())]
+        config, best, epochs_run = match[0] if match else ({}, None, 0)
+        state, values = verdict(best, metrics, epochs_run, int(config.get("epochs", epochs_run)))
+        study.tell(frozen.number, values, state=state)
         told.append(frozen.number)
     return told
 

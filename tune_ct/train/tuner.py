@@ -34,16 +34,24 @@ class TunePlan:
 
 
 class StudySearch(OptunaSearch):
-    """Ray's OptunaSearch on a storage, made to agree with that storage after `Tuner.restore`.
+    """Ray's OptunaSearch on a storage, telling the study the truth about each trial, and made to agree with that
+    storage after `Tuner.restore`.
 
-    Tune restores the searcher from its last snapshot of the experiment; the study on disk may be ahead of it:
-    an Optuna trial asked for just before the driver died is RUNNING on disk but unknown to Tune (which samples a
-    new trial in its place), and a trial told COMPLETE after the snapshot would be told again. The first is
-    closed FAIL (never counted), the second is marked completed in the searcher (not told twice)."""
+    The truth (tune_ct.track.study.verdict): every epoch is an intermediate value at step = epoch (Tune's
+    training_iteration restarts when a Train-runner trial is retried); a trial that ran all its epochs ends COMPLETE
+    with the value(s) of its best epoch on the search metric, the epoch the search itself would pick (its
+    checkpoint is kept); a trial stopped early (ASHA) ends PRUNED, so TPE ranks it by how far it got instead of
+    taking an epoch-1 figure for a finished configuration; an errored trial FAIL. (Ray's OptunaSearch tells
+    COMPLETE with the last result whenever there is one.)
+
+    After a restore the study on disk may be ahead of the searcher's snapshot: an Optuna trial asked for just
+    before the driver died is RUNNING on disk but unknown to Tune (closed FAIL, never counted), and a trial told
+    after the snapshot would be told again (marked completed in the searcher instead)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._best_epochs: dict[str, dict] = {}  # multi-objective: trial -> its best report on the first objective
+        self._best_epochs: dict[str, dict] = {}  # trial -> its best report on the (first) objective
+        self._progress: dict[str, tuple[int, int]] = {}  # trial -> (epochs reported, epochs planned)
 
     def restore(self, checkpoint_path: str):
         from tune_ct.track.study import reconcile
@@ -52,25 +60,40 @@ class StudySearch(OptunaSearch):
         if self._ot_study is not None:
             reconcile(self._ot_study, self._ot_trials, self._completed_trials)
 
-    # A multi-objective study is told each trial's figures at its best epoch on the first objective (the epoch the
-    # Pareto front and registration use, its checkpoint kept), not at its last epoch: Ray hands over the last.
-    def _best(self) -> dict[str, dict]:
-        return self.__dict__.setdefault("_best_epochs", {})  # a searcher pickled by an older tune_ct lacks it
+    def _state(self, name: str) -> dict:
+        return self.__dict__.setdefault(name, {})  # a searcher pickled by an older tune_ct lacks it
 
     def on_trial_result(self, trial_id: str, result: dict):
         from tune_ct.train.best import better
 
-        super().on_trial_result(trial_id, result)
-        if isinstance(self.metric, list) and self.metric[0] in result:
-            best = self._best().get(trial_id)
-            if best is None or better(result[self.metric[0]], best[self.metric[0]], self.mode[0]):
-                self._best()[trial_id] = result
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        first = self.metric[0] if isinstance(self.metric, list) else self.metric
+        if first not in result:
+            return
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        planned = int((result.get("config") or {}).get("epochs", epoch))
+        self._state("_progress")[trial_id] = (epoch, planned)
+        best = self._state("_best_epochs").get(trial_id)
+        mode = self.mode[0] if isinstance(self.mode, list) else self.mode
+        if best is None or better(result[first], best[first], mode):
+            self._state("_best_epochs")[trial_id] = result
+        if not isinstance(self.metric, list):  # Optuna keeps no intermediate values for several objectives
+            self._ot_trials[trial_id].report(float(result[first]), step=epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        best = self._best().get(trial_id)
-        if isinstance(self.metric, list) and result and best:
-            result = {**result, **{k: best[k] for k in self.metric if k in best}}
-        super().on_trial_complete(trial_id, result, error)
+        from tune_ct.track.study import verdict
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        epochs_run, planned = self._state("_progress").get(trial_id, (0, 0))
+        state, values = verdict(self._state("_best_epochs").get(trial_id), metrics, epochs_run, planned, error)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        except Exception as exc:  # noqa: BLE001 - e.g. a NaN value: Optuna refuses it, the search goes on
+            log.warning(f"Optuna study: trial {trial_id} not told ({exc})")
+        self._completed_trials.add(trial_id)
 
 
 def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0, study_name: str = "optuna",
