@@ -118,7 +118,7 @@ def run(args, variant: str, repeat: int, space: Path) -> list[dict]:
         if variant == "before":
             env.update(RAY_DEFAULTS, PYTHONPATH=str(before_source(args.out, args.before_commit)))
         cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space),
-               "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--searcher", "random",
+               "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--sampler", "random",
                "--scheduler", "none", "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"),
                "--name", name, "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "overhead",
                "--summary", str(args.out / f"summary-{name}.json")]
@@ -291,7 +291,7 @@ def run_runner_search(args, runner: str, concurrency: int, repeat: int, spaces: 
         done = json.loads(timing.read_text())
         return done["command_s"], name, done.get("code", "?")
     cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(epochs_space or spaces[runner]),
-           "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--searcher", "random",
+           "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--sampler", "random",
            "--scheduler", "none", "--max-concurrent", str(concurrency), "--workdir", str(args.out / "wd"),
            "--storage", str(args.out / "ray_results"), "--name", name,
            "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "overhead-runners",

@@ -37,7 +37,7 @@ import numpy as np
 
 from tune_ct.train.settings import TrialSettings  # plain data: no torch or Ray at import
 
-METHODS = {"random": ["--searcher", "random", "--scheduler", "none"], "tpe_asha": ["--searcher", "tpe", "--scheduler", "asha"]}
+METHODS = {"random": ["--sampler", "random", "--scheduler", "none"], "tpe_asha": ["--sampler", "tpe", "--scheduler", "asha"]}
 
 SPACE = """description: bench/search_efficiency.py (generated)
 search:
@@ -146,7 +146,7 @@ def report_to_tune(metrics: dict, training, epoch: int) -> float:
         return time.perf_counter() - t
 
 
-def inproc_trainable(config: dict, run: TrialSettings) -> None:
+def inproc_trainable(config: dict, settings: TrialSettings) -> None:
     """A Tune function trainable: the trial's own training loop (tune_ct.train.loop.fit), one report per epoch,
     on this actor's CPU instead of a Ray Train worker group. Never resumed (Tune's retries start afresh)."""
     import torch
@@ -156,7 +156,7 @@ def inproc_trainable(config: dict, run: TrialSettings) -> None:
     device = torch.device("cpu")
     ctx = LoopContext(rank=0, world_size=1, device=device, prepare_model=lambda model: model.to(device),
                       report=report_to_tune, restore=lambda: None)
-    fit(config, run, ctx)
+    fit(config, settings, ctx)
 
 
 def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int) -> SearchRun:
@@ -165,7 +165,7 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
     from tune_ct.evaluate.evaluation import TestSet, evaluate_on, write_test_subset
     from tune_ct.model.checkpoint import load_checkpoint_model
     from tune_ct.train.space import load_space
-    from tune_ct.train.tuner import build_scheduler, build_searcher
+    from tune_ct.train.tuner import build_scheduler, build_searcher, resolve_sampler
 
     space = load_space(space_path)
     name = f"{method}-s{seed}"
@@ -175,18 +175,20 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
     run_settings = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(cache_root),
                                storage_path=str(storage), experiment=name, seed=seed, cpus_per_worker=1.0,
                                metric=space.metric, mode=space.mode)
-    flags = dict(zip(METHODS[method][::2], METHODS[method][1::2]))  # the CLI's --searcher / --scheduler
-    searcher, scheduler = flags["--searcher"], flags["--scheduler"]
+    flags = dict(zip(METHODS[method][::2], METHODS[method][1::2]))  # the CLI's --sampler / --scheduler
+    scheduler = flags["--scheduler"]
+    num_samples = args.asha_trials if method == "tpe_asha" else args.random_trials
+    sampler = resolve_sampler(flags["--sampler"], scheduler, num_samples, False)
     param_space = space.tune_space()
     started = time.monotonic()
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(inproc_trainable, run=run_settings), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(inproc_trainable, settings=run_settings), {"cpu": 1}),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, max_concurrent_trials=args.max_concurrent,
-            num_samples=args.asha_trials if method == "tpe_asha" else args.random_trials,
+            num_samples=num_samples,
             # Built as the CLI builds them (tune_ct.train.tuner), from the same generated space.
-            search_alg=build_searcher(searcher, seed, param_space, args.max_concurrent),
+            search_alg=build_searcher(sampler, seed, param_space, args.max_concurrent),
             scheduler=build_scheduler(scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
             reuse_actors=True,

@@ -312,10 +312,13 @@ def test_a_checkpoint_on_a_labels_csv_is_scored_without_mlflow(labelled, tmp_pat
     r = json.loads(out.read_text())
     assert r["n"] == 3 * PER_CLASS and {u["file"] for u in r["unreadable"]} == {"missing.png", "cut.png"}
     assert r["by_origin"] and sum(v["n"] for v in r["by_origin"].values()) == r["n"]
-    with pytest.raises(SystemExit, match="--data select the locked test split"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as usage:  # a usage error: exit status 2, as argparse's own
         evaluate.main(["--model", str(ckpt), "--external", str(flat), "--data", str(flat)])
-    with pytest.raises(SystemExit, match="pass --external"):
+    assert usage.value.code == 2 and "--data select the locked test split" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:
         evaluate.main(["--model", str(ckpt), "--labels", str(labels)])
+    assert usage.value.code == 2 and "pass --external" in capsys.readouterr().err
 
 
 # ---- the promotion gate ----------------------------------------------------------------------------------------

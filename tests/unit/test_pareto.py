@@ -112,9 +112,9 @@ def test_the_study_is_told_each_trials_best_epoch_not_its_last(tmp_path):
     import optuna
     from ray import tune
 
-    from tune_ct.train.tuner import build_searcher
+    from tune_ct.train.tuner import Sampler, build_searcher
 
-    searcher = build_searcher("tpe", 0, {"lr": tune.loguniform(1e-4, 1e-2)}, objectives=OBJ)
+    searcher = build_searcher(Sampler("tpe", 10, "test"), 0, {"lr": tune.loguniform(1e-4, 1e-2)}, objectives=OBJ)
     searcher.set_search_properties(None, None, {"lr": tune.loguniform(1e-4, 1e-2)})
     searcher.suggest("t1")
     for f1 in (0.6, 0.8, 0.7):

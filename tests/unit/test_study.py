@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from ray import tune
 
 from tune_ct.track.study import StudyError, check_study, resolve_storage_url
-from tune_ct.train.tuner import build_searcher
+from tune_ct.train.tuner import Sampler, build_searcher
 
 SPACE = {"lr": tune.loguniform(1e-3, 1e-2), "batch_size": tune.choice([8, 16])}
 
@@ -36,7 +36,7 @@ def test_a_new_search_refuses_a_study_name_already_used_and_a_storage_that_does_
 
 
 def searcher(url: str):
-    search = build_searcher("tpe", 0, SPACE, study_name="s1", study_storage=url)
+    search = build_searcher(Sampler("tpe", 10, "test"), 0, SPACE, study_name="s1", study_storage=url)
     search.set_search_properties("val_macro_f1", "max", SPACE)
     return search
 

@@ -25,7 +25,7 @@ from tune_ct.train.resources import ClusterError
 from tune_ct.train.resume import ResumeError
 from tune_ct.train.space import SpaceError, parse_duration
 from tune_ct.train.storage import resolve_storage
-from tune_ct.train.tuner import SCHEDULERS, SEARCHERS
+from tune_ct.train.tuner import SAMPLERS, SCHEDULERS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,8 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="continue the search --name (default: the newest) under --storage after its driver died: "
                    "finished trials are kept, unfinished ones resume from their checkpoints, same MLflow runs")
-    p.add_argument("--searcher", choices=SEARCHERS, default="tpe",
-                   help="tpe: Optuna TPE (default); random: Tune's random sampling, the baseline for benchmarks")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help="Optuna's sampler (default: the space's search.sampler, auto: GP when no trial is stopped "
+                   "early and the budget is small, else TPE); random: the baseline for benchmarks")
     p.add_argument("--scheduler", choices=SCHEDULERS,
                    help="asha: stop weak trials early (default); none: every trial runs all its epochs (the default "
                    "and only choice for a multi-objective space: ASHA ranks trials on one metric)")
@@ -100,7 +101,7 @@ def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
     return SearchOptions(
         space=args.space, data=data_settings(args), tracking_uri=resolve_tracking_uri(args.tracking_uri),
         storage=resolve_storage(args.storage), experiment=args.experiment, name=args.name, resume=args.resume,
-        num_samples=args.num_samples, max_concurrent=args.max_concurrent, searcher=args.searcher,
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, sampler=args.sampler,
         scheduler=args.scheduler, weights=parse_weights(args.weights), register_name=args.register_name,
         address=args.address, summary=args.summary, select_on=args.select_on, select_on_labels=args.select_on_labels,
         time_budget=args.time_budget, argv=tuple(argv), verbose=args.verbose,

@@ -20,7 +20,7 @@ class SearchOptions:
     resume: bool = False
     num_samples: int | None = None  # default: the space's search.num_samples
     max_concurrent: int | None = None  # default: the space's search.max_concurrent
-    searcher: str = "tpe"
+    sampler: str | None = None  # auto | tpe | gp | random; None: the space's search.sampler
     scheduler: str | None = None  # asha | none; None: asha, or none for a multi-objective space
     weights: dict[str, str] = field(default_factory=dict)  # backbone -> local weights file
     register_name: str = DEFAULT_REGISTER_NAME

@@ -9,6 +9,7 @@ prints the command that finishes the search; a stop during the final test and re
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -118,7 +119,7 @@ def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: O
         optuna_study=plan.name if plan.study_storage else None,
         select_on=None if ext is None else {"name": ext.name, "root": str(ext.root), "hash": ext.content_hash,
                                             "n": len(ext.entries), "classes": ext.classes_present},
-        best_costs=best.costs, orphan_child_runs=list(outcome.orphans), time_budget_s=tracker.time_budget_s,
+        sampler=dataclasses.asdict(plan.sampler), best_costs=best.costs, orphan_child_runs=list(outcome.orphans), time_budget_s=tracker.time_budget_s,
         stopped_by_time_budget=list(tracker.stopped_by_time_budget), tracking_delayed_calls=tracker.delayed,
         tracking_unlogged=list(tracker.unlogged),
         **(front_summary(outcome.front, plan.space.objectives, plan.space.search.pick) if outcome.front else {}),

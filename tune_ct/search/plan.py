@@ -21,6 +21,7 @@ from tune_ct.data.workdir import WorkFolder
 from tune_ct.search.options import SearchOptions
 from tune_ct.track import tags
 from tune_ct.train.space import EXTERNAL_METRICS, Space, SpaceError, load_space, parse_duration
+from tune_ct.train.tuner import Sampler, resolve_sampler
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class SearchPlan:
     experiment_id: str
     num_samples: int
     scheduler: str  # asha | none
+    sampler: Sampler  # the Optuna sampler, resolved (kind, random start-up, why)
     time_budget_s: float | None
     study_storage: str | None  # where the Optuna study is, when the searcher keeps one
     select_on: SelectOn | None
@@ -81,10 +83,12 @@ def plan_search(options: SearchOptions, client) -> SearchPlan:
         from tune_ct.track.study import create_search_study
 
         create_search_study(study, name, space.objectives, study_identity(options, space, data, select_on))
-    return SearchPlan(
-        options, space, data, name, experiment_id, options.num_samples or space.search.num_samples,
-        resolve_scheduler(options.scheduler, space), time_budget_s(options, space), study, select_on,
-        prepare_segmenter(space, data, options.data), parent_id)
+    num_samples, scheduler = options.num_samples or space.search.num_samples, resolve_scheduler(options.scheduler, space)
+    sampler = resolve_sampler(options.sampler or space.search.sampler, scheduler, num_samples,
+                              space.search.multi_objective)
+    return SearchPlan(options, space, data, name, experiment_id, num_samples, scheduler, sampler,
+                      time_budget_s(options, space), study, select_on, prepare_segmenter(space, data, options.data),
+                      parent_id)
 
 
 def study_identity(options: SearchOptions, space: Space, data: Prepared, select_on: SelectOn | None) -> dict:
@@ -173,7 +177,7 @@ def plan_study(options: SearchOptions, space: Space, name: str, client, parent_i
     from tune_ct.train.tuner import uses_study
 
     url = options.optuna_storage
-    if not url or not uses_study(options.searcher, space):
+    if not url or not uses_study(space):
         return None
     if parent_id is not None:
         recorded = recorded_tag(client, parent_id, tags.OPTUNA_STORAGE)

@@ -47,6 +47,7 @@ class SearchSummary:
     optuna_storage: str | None = None
     optuna_study: str | None = None
     select_on: dict | None = None  # {name, root, hash, n, classes}: the films the search selected on
+    sampler: dict | None = None  # {kind, n_startup_trials, why}: the Optuna sampler and why it was chosen
     best_costs: dict | None = None
     orphan_child_runs: list = field(default_factory=list)
     time_budget_s: float | None = None

@@ -73,7 +73,8 @@ def parent_params(plan: SearchPlan) -> dict[str, object]:
         "metric": space.metric, "grace_period": search.grace_period, "reduction_factor": search.reduction_factor,
         "workers_per_trial": search.workers_per_trial, "gpus_per_worker": plan.gpus_per_worker,
         "n_trainval_images": len(plan.data.trainval_entries), "storage": options.storage,
-        "sampler": {"tpe": "optuna.TPESampler", "random": "random"}[options.searcher],
+        "sampler": plan.sampler.kind, "sampler_startup_trials": plan.sampler.n_startup_trials,
+        "sampler_why": plan.sampler.why,
         "scheduler": {"asha": "ASHA", "none": "none"}[plan.scheduler],
         "objectives": ",".join(f"{n}:{m}" for n, m in space.objectives),
         "pick": describe_pick(search.pick) if search.multi_objective else "best on the metric",
@@ -132,7 +133,7 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
     from tune_ct.train.tuner import TunePlan, new_tuner, restored_callback, restored_tuner, trainable
 
     options, space = plan.options, plan.space
-    tune_plan = TunePlan(plan.name, options.storage, plan.num_samples, plan.max_concurrent, options.searcher,
+    tune_plan = TunePlan(plan.name, options.storage, plan.num_samples, plan.max_concurrent, plan.sampler,
                          plan.scheduler, options.data.seed, space.search.resolved_runner, plan.time_budget_s,
                          study_storage=plan.study_storage, verbose=options.verbose, objectives=space.objectives)
     tracker = TrialTracker(options.tracking_uri, plan.experiment_id, parent.run_id, space.max_epochs,

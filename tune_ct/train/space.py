@@ -74,6 +74,8 @@ class SearchSettings:
     # trial (needed for DDP); auto: actor for one worker per trial, train for several.
     runner: str = "auto"
     time_budget: str | None = None  # "15m", "90s", "2h": no trial starts after it; running ones are stopped
+    # Optuna's sampler: auto (GP without early stopping on a small budget, else TPE), tpe, gp or random.
+    sampler: str = "auto"
     # Multi-objective: ((name, mode), ...), the first a per-epoch metric (it replaces `metric`), then costs.
     objectives: tuple[tuple[str, str], ...] = ()
     pick: Pick | None = None  # which member of the Pareto front is registered (default: best on the first)
@@ -94,6 +96,7 @@ class SearchSettings:
 
 
 RUNNERS = ("auto", "actor", "train")
+SAMPLERS = ("auto", "tpe", "gp", "random")
 _DURATION = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -218,6 +221,9 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
     if key == "runner":
         if value not in RUNNERS:
             raise SpaceError(f"{where}: runner must be one of {', '.join(RUNNERS)}, got {value!r}")
+    elif key == "sampler":
+        if value not in SAMPLERS:
+            raise SpaceError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {value!r}")
     elif key == "time_budget":
         try:
             parse_duration(value)

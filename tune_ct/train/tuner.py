@@ -11,8 +11,45 @@ from tune_ct.train.settings import TrialSettings
 from tune_ct.train.space import Space
 
 log = logging.getLogger(__name__)
-SEARCHERS = ("tpe", "random")
+SAMPLERS = ("auto", "tpe", "gp", "random")
 SCHEDULERS = ("asha", "none")
+GP_MAX_TRIALS = 32  # GPSampler's fit grows with the trials (cubic): beyond this budget TPE is the choice
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The Optuna sampler of a search, resolved from search.sampler (or --sampler), and why."""
+
+    kind: str  # tpe | gp | random
+    n_startup_trials: int  # trials sampled at random before the model is used (tpe, gp)
+    why: str
+
+    def build(self, seed: int):
+        import optuna
+
+        if self.kind == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        if self.kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        # Optuna 5's defaults kept: multivariate TPE, constant liar (concurrent trials sample apart).
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+
+    def describe(self) -> str:
+        return f"{self.kind}" + (f" ({self.n_startup_trials} random start-up trials)" if self.kind != "random" else "")
+
+
+def resolve_sampler(asked: str, scheduler: str, num_samples: int, multi_objective: bool) -> Sampler:
+    """auto: GP when every trial runs all its epochs (no ASHA: GPSampler learns from COMPLETE trials only, and under
+    ASHA most end PRUNED) on a small budget of one objective; else TPE. Either way the random start-up is a quarter
+    of the budget, 3 to 10 trials (Optuna's fixed 10 made a 16-trial search mostly random sampling)."""
+    startup = max(3, min(10, round(num_samples / 4)))
+    if asked != "auto":
+        return Sampler(asked, startup, f"search.sampler {asked}")
+    if not multi_objective and scheduler == "none" and num_samples <= GP_MAX_TRIALS:
+        return Sampler("gp", startup, f"auto: no early stopping, {num_samples} trials <= {GP_MAX_TRIALS}")
+    why = "multi-objective" if multi_objective else ("ASHA stops trials early (PRUNED)" if scheduler == "asha"
+                                                      else f"{num_samples} trials > {GP_MAX_TRIALS}")
+    return Sampler("tpe", startup, f"auto: {why}")
 
 
 @dataclass(frozen=True)
@@ -23,7 +60,7 @@ class TunePlan:
     storage: str
     num_samples: int
     max_concurrent: int
-    searcher: str = "tpe"  # tpe: Optuna's TPE; random: Tune's random sampling (the benchmarks' baseline)
+    sampler: Sampler = Sampler("tpe", 10, "default")  # the Optuna sampler of the study
     scheduler: str = "asha"  # asha: stop weak trials early; none: every trial runs all its epochs
     seed: int = 0
     runner: str = "train"  # actor: the loop in the reused trial actor; train: a Ray Train run per trial
@@ -96,27 +133,23 @@ class StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def build_searcher(kind: str, seed: int, param_space: dict, max_concurrent: int = 0, study_name: str = "optuna",
-                   study_storage: str | None = None, objectives: tuple[tuple[str, str], ...] = ()):
-    """Optuna TPE (seeded), its study in `study_storage` (an RDB URL) when given, or Tune's random sampling.
-    OptunaSearch refuses a space with nothing to sample (every value fixed): such trials run as they are. Tune
-    applies max_concurrent_trials to a Searcher but ignores it for a ready-made BasicVariantGenerator, so the
-    random sampler gets the limit itself. With two or more `objectives` the study is multi-objective (Optuna's TPE
-    samples for all of them) and the searcher holds the metric and mode lists itself."""
-    import optuna
+def build_searcher(sampler: Sampler, seed: int, param_space: dict, max_concurrent: int = 0,
+                   study_name: str = "optuna", study_storage: str | None = None,
+                   objectives: tuple[tuple[str, str], ...] = ()):
+    """An Optuna study (seeded sampler; in `study_storage`, an RDB URL, when given) told the truth about each trial
+    (StudySearch). OptunaSearch refuses a space with nothing to sample (every value fixed): such trials run as they
+    are, through Tune's BasicVariantGenerator (which takes the concurrency limit itself). With two or more
+    `objectives` the study is multi-objective and the searcher holds the metric and mode lists itself."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
     from ray.tune.search.sample import Domain
 
     from tune_ct.track.study import open_storage
 
-    searchable = any(isinstance(v, Domain) for v in param_space.values())
-    if kind == "tpe" and searchable:
+    if any(isinstance(v, Domain) for v in param_space.values()):
         storage = open_storage(study_storage) if study_storage else None
         lists = {"metric": [n for n, _ in objectives], "mode": [m for _, m in objectives]} if objectives else {}
-        return StudySearch(sampler=optuna.samplers.TPESampler(seed=seed), study_name=study_name, storage=storage,
-                           **lists)
-    if kind == "tpe":
-        log.info("every parameter is fixed, so there is nothing for TPE to search; running the trials as given")
+        return StudySearch(sampler=sampler.build(seed), study_name=study_name, storage=storage, **lists)
+    log.info("every parameter is fixed, so there is nothing to sample; running the trials as given")
     return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
@@ -150,9 +183,9 @@ def trainable(settings: TrialSettings, runner: str, sampled_as: str | None = Non
     return tune.with_resources(tune.with_parameters(fn, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
 
 
-def uses_study(kind: str, space: Space) -> bool:
-    """Whether the search keeps an Optuna study: TPE over a space with something to sample."""
-    return kind == "tpe" and any(isinstance(v, dict) for v in space.params.values())
+def uses_study(space: Space) -> bool:
+    """Whether the search keeps an Optuna study: a space with something to sample."""
+    return any(isinstance(v, dict) for v in space.params.values())
 
 
 def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
@@ -166,7 +199,7 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         tune_config=tune.TuneConfig(
             metric=None if multi else space.metric, mode=None if multi else space.mode, num_samples=plan.num_samples,
             max_concurrent_trials=plan.max_concurrent,
-            search_alg=build_searcher(plan.searcher, plan.seed, param_space, plan.max_concurrent, plan.run_name,
+            search_alg=build_searcher(plan.sampler, plan.seed, param_space, plan.max_concurrent, plan.run_name,
                                       plan.study_storage, plan.objectives if multi else ()),
             scheduler=build_scheduler(plan.scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
