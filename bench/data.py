@@ -30,6 +30,7 @@ from tune_ct.data.cache import open_or_build
 from tune_ct.data.files import CLASSES
 from tune_ct.data.prepare import DataSettings, prepare
 from tune_ct.data.subsets import write_subset
+from tune_ct.data.workdir import WorkFolder
 from tune_ct.train.loop import batches
 
 BATCH = 64
@@ -68,7 +69,7 @@ def epoch_cache(pixels: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
     labels_t = torch.from_numpy(labels)
     started, seen = time.perf_counter(), 0
     for rows in batches(order, BATCH, drop_last=True):
-        x = torch.from_numpy(np.asarray(pixels[rows])).float().div_(255.0).unsqueeze(1)
+        _x = torch.from_numpy(np.asarray(pixels[rows])).float().div_(255.0).unsqueeze(1)  # the work measured
         y = labels_t[rows]
         seen += len(y)
     return time.perf_counter() - started, seen
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the loaders, not torch ops, are measured
 
     console_logging()  # tune_ct logs its progress (hashing, splits) through `logging`: show it on stderr
-    prep = prepare(DataSettings(data=args.data, workdir=args.workdir.resolve(), sources=args.sources))
+    work = WorkFolder(args.workdir.resolve())
+    prep = prepare(DataSettings(data=args.data, work=work, sources=args.sources))
     m = prep.manifest
     result: dict = {
         "date": time.strftime("%Y-%m-%d"), "host": platform.node(), "cpus": os.cpu_count(),
@@ -171,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "manifest_seconds": round(prep.seconds, 1),
     }
     # Every usable image (all splits): the same files for both loaders.
-    subset = args.workdir / "subsets" / f"{m.hash}.bench-all.json"
+    subset = work.subset(f"{m.hash}.bench-all")
     write_subset(subset, prep.root, m.entries, m.hash)
-    cache_root = args.workdir / "bench-cache"
+    cache_root = work.root / "bench-cache"
     shutil.rmtree(cache_root, ignore_errors=True)
     started = time.perf_counter()
     cached = open_or_build(subset, args.size, cache_root, workers=args.workers)

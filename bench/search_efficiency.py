@@ -4,10 +4,12 @@
         --plot bench/results/search_efficiency.png
 
 Both methods are built by the CLI's own builders (tune_ct.train.tuner.build_searcher / build_scheduler) from the
-generated space: TPE + ASHA = OptunaSearch(TPESampler(seed)) + ASHAScheduler(time_attr="epoch", grace_period=1,
-reduction_factor=2); random = Tune's BasicVariantGenerator with no scheduler (`--searcher random --scheduler
-none`). The seed picks the data subset (`--limit-per-class`, as the CLI does), the samplers and training; both
-methods of one seed see the same train/val/test files.
+generated space, with the sampler `--sampler` resolves to (tune_ct.train.tuner.resolve_sampler): TPE + ASHA = an
+Optuna study with TPESampler(seed) (its random start-up a quarter of the budget) + ASHAScheduler(time_attr="epoch",
+grace_period=1, reduction_factor=2) (`--sampler tpe --scheduler asha`); random = an Optuna study with
+RandomSampler(seed) and no scheduler (`--sampler random --scheduler none`). The seed picks the data subset
+(`--limit-per-class`, as the CLI does), the samplers and training; both methods of one seed see the same
+train/val/test files.
 
 --mode inproc (default): one Ray Tune run per (method, seed) in this process, over a function trainable that runs
   the trial's own training loop (`tune_ct.train.loop.fit`: set-up, epochs, val metrics, a checkpoint per epoch)
@@ -37,7 +39,8 @@ import numpy as np
 
 from tune_ct.train.settings import TrialSettings  # plain data: no torch or Ray at import
 
-METHODS = {"random": ["--sampler", "random", "--scheduler", "none"], "tpe_asha": ["--sampler", "tpe", "--scheduler", "asha"]}
+METHODS = {"random": ["--sampler", "random", "--scheduler", "none"],
+           "tpe_asha": ["--sampler", "tpe", "--scheduler", "asha"]}
 
 SPACE = """description: bench/search_efficiency.py (generated)
 search:
@@ -159,43 +162,38 @@ def inproc_trainable(config: dict, settings: TrialSettings) -> None:
     fit(config, settings, ctx)
 
 
-def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int) -> SearchRun:
+def tune_search(args, method: str, seed: int, space, settings: TrialSettings):
+    """One Ray Tune run of `method` over the in-process trainable: the CLI's sampler, searcher and scheduler."""
     from ray import tune
 
-    from tune_ct.evaluate.evaluation import TestSet, evaluate_on, write_test_subset
-    from tune_ct.model.checkpoint import load_checkpoint_model
-    from tune_ct.train.space import load_space
     from tune_ct.train.tuner import build_scheduler, build_searcher, resolve_sampler
 
-    space = load_space(space_path)
-    name = f"{method}-s{seed}"
-    storage = args.out / "ray_results"
-    cache_root = args.out / "wd" / "cache"
-    # What the CLI's trials share, with the CLI's seed rule (--seed picks the subset, the samplers and training).
-    run_settings = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(cache_root),
-                               storage_path=str(storage), experiment=name, seed=seed, cpus_per_worker=1.0,
-                               metric=space.metric, mode=space.mode)
     flags = dict(zip(METHODS[method][::2], METHODS[method][1::2]))  # the CLI's --sampler / --scheduler
     scheduler = flags["--scheduler"]
     num_samples = args.asha_trials if method == "tpe_asha" else args.random_trials
+    # Resolved as the CLI resolves --sampler (tune_ct.search.plan): one objective, this budget, this scheduler.
     sampler = resolve_sampler(flags["--sampler"], scheduler, num_samples, False)
     param_space = space.tune_space()
-    started = time.monotonic()
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(inproc_trainable, settings=run_settings), {"cpu": 1}),
+        tune.with_resources(tune.with_parameters(inproc_trainable, settings=settings), {"cpu": 1}),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, max_concurrent_trials=args.max_concurrent,
             num_samples=num_samples,
             # Built as the CLI builds them (tune_ct.train.tuner), from the same generated space.
-            search_alg=build_searcher(sampler, seed, param_space, args.max_concurrent),
+            search_alg=build_searcher(sampler, seed, param_space, args.max_concurrent,
+                                      study_name=settings.experiment),
             scheduler=build_scheduler(scheduler, space.max_epochs, space.search.grace_period,
                                       space.search.reduction_factor),
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
+        run_config=tune.RunConfig(name=settings.experiment, storage_path=settings.storage_path, verbose=0),
     )
-    results = tuner.fit()
+    return tuner.fit()
+
+
+def report_rows(results) -> list[dict]:
+    """Every epoch report of every trial with its checkpoint folder, in report order."""
     rows = []
     for result in results:
         df = result.metrics_dataframe
@@ -204,7 +202,24 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
             ckpt = {int(m["epoch"]): c.path for c, m in (result.best_checkpoints or [])}
             for r in df[["trial_id", "epoch", "val_macro_f1", "wall"]].dropna().to_dict("records"):
                 rows.append({**r, "ckpt": ckpt.get(int(r["epoch"]))})
-    rows = sorted(rows, key=lambda r: r["wall"])
+    return sorted(rows, key=lambda r: r["wall"])
+
+
+def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int, data) -> SearchRun:
+    """`data`: the seed's DataSettings, which `prep` was prepared with (its locked test split tests the winner)."""
+    from tune_ct.evaluate.evaluation import evaluate_on, locked_split_of
+    from tune_ct.model.checkpoint import load_checkpoint_model
+    from tune_ct.train.space import load_space
+
+    space = load_space(space_path)
+    name = f"{method}-s{seed}"
+    # What the CLI's trials share, with the CLI's seed rule (--seed picks the subset, the samplers and training).
+    settings = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(data.work.cache),
+                             storage_path=str(args.out / "ray_results"), experiment=name, seed=seed,
+                             cpus_per_worker=1.0, metric=space.metric, mode=space.mode)
+    started = time.monotonic()
+    results = tune_search(args, method, seed, space, settings)
+    rows = report_rows(results)
     used = len(rows)
     rows = rows[:budget]  # the same budget for both methods
     best, curve, win = -1.0, [], None
@@ -216,9 +231,8 @@ def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int
     if winner["ckpt"] is None:
         raise SystemExit(f"{name}: no checkpoint for the winner {winner['trial_id']} epoch {winner['epoch']}")
     # Tested as the CLI tests its winner: the checkpoint's own network, image size and film preprocessing.
-    model, saved = load_checkpoint_model(winner["ckpt"])
-    test_subset = write_test_subset(prep.manifest, prep.root, args.out / "wd", args.limit_per_class, seed)
-    test = evaluate_on(model, saved, TestSet(prep.root, prep.manifest, test_subset, cache_root, {})).headline()
+    model, meta = load_checkpoint_model(winner["ckpt"])
+    test = evaluate_on(model, meta, locked_split_of(prep, data)).headline()
     run = SearchRun(method, seed, list(range(1, len(rows) + 1)), curve, len(results), float(best),
                     float(test["macro_f1"]), at, round(time.monotonic() - started, 1))
     (args.out / f"inproc-{name}.json").write_text(json.dumps({**asdict(run), "budget_used_total": used}))
@@ -254,6 +268,7 @@ def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
 
     from tune_ct.data.cache import open_or_build
     from tune_ct.data.prepare import DataSettings, prepare
+    from tune_ct.data.workdir import WorkFolder
 
     runs = []
     ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
@@ -265,14 +280,35 @@ def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
                          for f in done.values()]
                 continue
             # The seed picks the data subset, as `tune_ct.search --seed` does; build its cache before the trials.
-            prep = prepare(DataSettings(data=args.data, workdir=args.out / "wd", seed=seed,
-                                        limit_per_class=args.limit_per_class))
-            open_or_build(prep.trainval_path, args.image_size, args.out / "wd" / "cache")
+            data = DataSettings(data=args.data, work=WorkFolder(args.out / "wd"), seed=seed,
+                                limit_per_class=args.limit_per_class)
+            prep = prepare(data)
+            open_or_build(prep.trainval_path, args.image_size, data.work.cache)
             for method in METHODS:
-                runs.append(run_inproc(args, method, seed, space, prep, budget))
+                runs.append(run_inproc(args, method, seed, space, prep, budget, data))
     finally:
         ray.shutdown()
     return runs
+
+
+def seed_comparison(seed: int, budget: int, rnd: SearchRun, tpe: SearchRun) -> dict:
+    """One seed's two searches side by side: how much of the budget TPE + ASHA needs to match random's best."""
+    target = rnd.best[min(budget, len(rnd.best)) - 1]
+    tpe_at_budget = tpe.best[min(budget, len(tpe.best)) - 1]
+    reach = budget_to_reach(tpe, target)
+    return {
+        "seed": seed, "budget": budget, "random_best_val": round(target, 4),
+        "random_budget_to_own_best": budget_to_reach(rnd, target),
+        "tpe_asha_best_val_within_budget": round(tpe_at_budget, 4),
+        "tpe_asha_budget_to_reach_random_best": reach,
+        "tpe_asha_fraction_of_budget": round(reach / budget, 3) if reach else None,
+        "tpe_asha_budget_used": tpe.budget[-1] if tpe.budget else 0,
+        "random_winner_test_macro_f1": round(rnd.winner_test_macro_f1, 4),
+        "tpe_asha_winner_test_macro_f1": round(tpe.winner_test_macro_f1, 4),
+        "tpe_asha_winner_reported_at_budget": tpe.winner_reported_at_budget,
+        "random_seconds": rnd.seconds, "tpe_asha_seconds": tpe.seconds,
+        "random_trials": rnd.trials, "tpe_asha_trials": tpe.trials,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,23 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         by = {r.method: r for r in runs if r.seed == seed}
         if len(by) < 2:
             continue
-        rnd, tpe = by["random"], by["tpe_asha"]
-        target = rnd.best[min(budget, len(rnd.best)) - 1]
-        tpe_at_budget = tpe.best[min(budget, len(tpe.best)) - 1]
-        reach = budget_to_reach(tpe, target)
-        per_seed.append({
-            "seed": seed, "budget": budget, "random_best_val": round(target, 4),
-            "random_budget_to_own_best": budget_to_reach(rnd, target),
-            "tpe_asha_best_val_within_budget": round(tpe_at_budget, 4),
-            "tpe_asha_budget_to_reach_random_best": reach,
-            "tpe_asha_fraction_of_budget": round(reach / budget, 3) if reach else None,
-            "tpe_asha_budget_used": tpe.budget[-1] if tpe.budget else 0,
-            "random_winner_test_macro_f1": round(rnd.winner_test_macro_f1, 4),
-            "tpe_asha_winner_test_macro_f1": round(tpe.winner_test_macro_f1, 4),
-            "tpe_asha_winner_reported_at_budget": tpe.winner_reported_at_budget,
-            "random_seconds": rnd.seconds, "tpe_asha_seconds": tpe.seconds,
-            "random_trials": rnd.trials, "tpe_asha_trials": tpe.trials,
-        })
+        per_seed.append(seed_comparison(seed, budget, by["random"], by["tpe_asha"]))
         print(json.dumps(per_seed[-1]), flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "settings": {k: str(v) for k, v in vars(args).items()},
               "budget_trial_epochs": budget, "per_seed": per_seed, "runs": [asdict(r) for r in runs]}

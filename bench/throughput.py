@@ -35,11 +35,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tune_ct.data.cache import open_or_build
 from tune_ct.data.prepare import DataSettings, prepare
+from tune_ct.data.workdir import WorkFolder
 from tune_ct.model.inference import autocast_dtype, to_device
 from tune_ct.model.networks import build_model
-from tune_ct.train.loop import LoopContext, Training, setup_training, train_epoch
-from tune_ct.data.workdir import WorkFolder
 from tune_ct.train.hyperparameters import Hyperparameters
+from tune_ct.train.loop import LoopContext, Training, setup_training, train_epoch
 from tune_ct.train.settings import TrialSettings
 
 # The trial's augmentation at the middle of cpu_quick.yaml's ranges, as a trial's config holds it.
@@ -231,15 +231,17 @@ def measure(name: str, size: int, pixels, labels, train_idx, batch_size: int, st
     ratio_cl = statistics.median(t / b for t, b in zip(speed["tune_ct"], speed["bare_cl"]))
     ceiling = max(ceilings)
     gflop_s = med["bare"] * flops / 1e9
-    def mean_util(values):
-        values = [v for v in values if v is not None]
-        return round(statistics.mean(values), 1) if values else None
-
     return Row(name, size, batch_size, threads, round(med["bare"], 1), round(med["bare_cl"], 1),
                round(med["tune_ct"], 1), round(ratio, 3), round(ratio_cl, 3), round(statistics.median(data_share), 3),
                round(flops / 1e9, 4), round(gflop_s, 1), round(ceiling, 1), round(gflop_s / ceiling, 3),
                str(tct.dtype).replace("torch.", "") if tct.dtype else "float32", device.type, mean_util(util["bare"]),
                mean_util(util["tune_ct"]), round(FULL_TRAIN_IMAGES / med["tune_ct"], 2))
+
+
+def mean_util(values) -> float | None:
+    """Mean of the rounds' GPU utilisation samples (None on CPU or without NVML)."""
+    values = [v for v in values if v is not None]
+    return round(statistics.mean(values), 1) if values else None
 
 
 def bf16_vs_fp32(name: str, size: int, pixels, labels, train_idx, batch_size: int, steps: int,
@@ -287,14 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.set_num_threads(args.threads)
-    workdir = args.workdir.resolve()
-    prep = prepare(DataSettings(data=args.data, work=WorkFolder(workdir), limit_per_class=args.limit_per_class))
+    work = WorkFolder(args.workdir.resolve())
+    prep = prepare(DataSettings(data=args.data, work=work, limit_per_class=args.limit_per_class))
     # What every trial of a search shares; the tune_ct variant's set-up reads its caches from here.
-    run = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(workdir / "cache"),
-                        storage_path=str(workdir), experiment="bench-throughput", cpus_per_worker=args.threads)
+    run = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(work.cache),
+                        storage_path=str(work.root), experiment="bench-throughput", cpus_per_worker=args.threads)
     rows, caches = [], {}
     for size in args.sizes:
-        caches[size] = open_or_build(prep.trainval_path, size, workdir / "cache")
+        caches[size] = open_or_build(prep.trainval_path, size, work.cache)
     for size in args.sizes:
         data = caches[size]
         labels, train_idx = torch.from_numpy(data.labels), data.indices("train")
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = None
     if args.bf16_check:
         name, size = args.bf16_check.split(":")
-        data = caches.get(int(size)) or open_or_build(prep.trainval_path, int(size), workdir / "cache")
+        data = caches.get(int(size)) or open_or_build(prep.trainval_path, int(size), work.cache)
         bf16 = bf16_vs_fp32(name, int(size), data.pixels, torch.from_numpy(data.labels), data.indices("train"),
                             args.batch_size, max(2, args.steps // 2), args.rounds, device, run)
         print(json.dumps(bf16), flush=True)

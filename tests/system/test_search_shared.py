@@ -113,3 +113,38 @@ def test_the_console_is_a_compact_table_and_the_summary(searched):
     assert "(actor_trial pid=" not in out and "INFO worker.py" not in out and "TrainingReport(" not in out
     assert "locked test split" in out and f"Best trial {summary['best_trial_id']}" in out
     assert "optuna_pareto_front.png not drawn" not in out  # a single-objective search draws no front
+
+
+def test_every_trial_that_reported_is_a_logged_model_tied_to_its_run_and_the_val_split(searched):
+    """MLflow 3's models: one LoggedModel per trial, linked to its child run, its best epoch's val figures tied to
+    the val dataset, its weights left in the Tune storage (MLflow holds only the MLmodel stub); the experiment
+    opens in the model-training view; the registered version names the winner's trial model."""
+    search, summary, client = searched
+    parent = client.get_run(summary["parent_run_id"])
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags[tags.EXPERIMENT_KIND] == tags.MODEL_TRAINING
+    val = next(d.dataset for d in parent.inputs.dataset_inputs if d.tags[0].value == "val")
+    models = client.search_logged_models([experiment.experiment_id],
+                                         filter_string=f"tags.`{tags.SEARCH_PARENT}` = '{parent.info.run_id}'")
+    assert len(models) == 3 and {m.source_run_id for m in models} == set(summary["child_run_ids"])
+    for model in models:
+        run = client.get_run(model.source_run_id)
+        assert model.tags[tags.TRIAL_ID] == run.data.tags[tags.TRIAL_ID]
+        assert model.params["backbone"] == "baseline_cnn" and model.params["image_size"] == "32"
+        figures = {m.key: m for m in model.metrics}
+        assert figures["val_macro_f1"].dataset_digest == val.digest and figures["val_macro_f1"].dataset_name == val.name
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
+        assert figures["val_macro_f1"].value == pytest.approx(max(history.values()))  # its best epoch
+        assert Path(model.tags[tags.CHECKPOINT_URI], "model.pt").is_file()  # the weights: in the storage
+        assert [a.path for a in client.list_logged_model_artifacts(model.model_id)] == ["MLmodel"]
+    ranked = [m["val_macro_f1"] for m in summary["trial_models"]]
+    assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
+    version = client.get_model_version(search.register_name, str(summary["registered_version"]))
+    registered = client.get_logged_model(version.model_id)
+    assert registered.tags[tags.TRIAL_MODEL_ID] == summary["best_model_id"]
+    winner = client.get_logged_model(summary["best_model_id"])
+    assert winner.tags[tags.REGISTERED_AS] == f"{search.register_name}/{summary['registered_version']}"
+    assert winner.source_run_id == summary["best_run_id"]
+    test = {m.key: m for m in registered.metrics}["test_macro_f1"]
+    assert test.value == pytest.approx(summary["test_metrics"]["macro_f1"]) and "/test" in test.dataset_name
+    assert f"/#/experiments/{experiment.experiment_id}?workflowType=machine_learning" in search.output

@@ -34,7 +34,7 @@ from tune_ct.evaluate.full_report import format_report, full_report, log_report
 from tune_ct.registry.external_record import log_external_evaluation, refuse_selection_set, registered_version
 from tune_ct.registry.models import ModelLoadError, load_model
 from tune_ct.track.tags import EVALUATIONS_EXPERIMENT, external_figure
-from tune_ct.track.uri import connect, resolve_tracking_uri
+from tune_ct.track.uri import connect, resolve_tracking_uri, ui_links
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,10 @@ def write_outputs(options: EvaluateOptions, report: dict) -> int:
     if options.json:
         write_json(options.json, report)
     if options.log_run:
-        log_report(connect(options.tracking_uri), options.log_run, report, options.model)
+        client = connect(options.tracking_uri)
+        log_report(client, options.log_run, report, options.model)
+        run = client.get_run(options.log_run)
+        print("MLflow " + "; ".join(ui_links(options.tracking_uri, run.info.experiment_id, options.log_run)))
     return 0
 
 
@@ -123,6 +126,8 @@ def evaluate_external(options: EvaluateOptions) -> int:
         run_id = log_external_evaluation(client, options.tracking_uri, version, report)
         print(f"\nlogged as run {run_id} in MLflow experiment {EVALUATIONS_EXPERIMENT}; {version.name} "
               f"v{version.version} tagged {external_figure(ext.name, 'macro_f1')}={report['macro_f1']:.4f}")
+        experiment_id = client.get_run(run_id).info.experiment_id
+        print("MLflow " + "; ".join(ui_links(options.tracking_uri, experiment_id, run_id)))
     return 0
 
 

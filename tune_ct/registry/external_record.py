@@ -52,6 +52,18 @@ def refuse_selection_set(client, version, content_hash: str, set_name: str) -> N
                         "for model selection cannot give the final figure; evaluate on films the search never saw")
 
 
+def log_against_model(client, run_id: str, version, report: dict) -> None:
+    """The set's headline figures logged against the version's logged model and the set as a dataset (MLflow then
+    shows them with the model, beside its locked-test figures)."""
+    from tune_ct.track.logged_models import DatasetRef, log_model_figures
+
+    model_id = getattr(version, "model_id", None)
+    if not model_id:  # versions registered before MLflow 3's logged models
+        return
+    figures = {f"external_{k}": report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+    log_model_figures(client, run_id, model_id, figures, DatasetRef(report["name"], report["content_hash"]))
+
+
 def local_artifact_root(tracking_uri: str) -> Path | None:
     """Beside a local SQLite store (sqlite:////dir/mlflow.db -> /dir/mlartifacts), as a search's runs are;
     None for a server or a file store, which place artifacts themselves."""
@@ -75,6 +87,7 @@ def log_external_evaluation(client, tracking_uri: str, version, report: dict) ->
     run_id = run.info.run_id
     try:
         log_report(client, run_id, report, f"{title} on {name}")
+        log_against_model(client, run_id, version, report)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

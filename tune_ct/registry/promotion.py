@@ -22,6 +22,7 @@ from tune_ct.evaluate.full_report import format_report, full_report
 from tune_ct.registry.gates import GateResult, check_gates, load_gates
 from tune_ct.registry.models import load_model, resolve_version
 from tune_ct.track import tags
+from tune_ct.track.uri import ui_address
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ def promote(options: PromoteOptions) -> int:
         print(f"\ndry run: {options.model} v{candidate.version} would become @champion; nothing changed")
         return 0
     move_champion(client, options.model, candidate, champion, audit)
+    base, serve = ui_address(options.tracking_uri)
+    print((f"MLflow (start the UI: {serve}): " if serve else "MLflow: ")
+          + f"{base}/#/models/{options.model}/versions/{candidate.version}")
     return 0
 
 

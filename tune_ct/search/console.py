@@ -28,6 +28,13 @@ def announce_selection(films, metric: str) -> None:
         f"{', '.join(films.classes_present)}, content hash {films.content_hash}; metric {metric}")
 
 
+def announce_links(tracking_uri: str, experiment_id: str, run_id: str) -> None:
+    """Where the search's runs and models open in MLflow's UI (its model-training view)."""
+    from tune_ct.track.uri import ui_links
+
+    say("MLflow " + "; ".join(ui_links(tracking_uri, experiment_id, run_id)))
+
+
 def announce_resume(plan) -> None:
     say(f"resuming {plan.options.storage}/{plan.name}: MLflow parent run {plan.resumed_parent_id}")
 

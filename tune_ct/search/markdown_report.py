@@ -261,6 +261,26 @@ def study_states(study) -> list[str]:
             "come from the COMPLETE trials only: a stopped trial's figure comes from fewer epochs.", ""]
 
 
+def models_section(parent, metric: str) -> list[str]:
+    """The search's trial models as MLflow lists them (mlflow.search_logged_models), best first on its metric."""
+    from tune_ct.track.logged_models import DatasetRef, ranked_trial_models
+    from tune_ct.train.space import METRICS
+
+    context = "select_on" if metric.startswith(("ext_", "blend_")) else "val"
+    inputs = [d.dataset for d in parent.inputs.dataset_inputs if any(t.value == context for t in d.tags)]
+    if not inputs:
+        return []
+    models = ranked_trial_models(parent.info.experiment_id, parent.info.run_id, metric, METRICS.get(metric, "max"),
+                                 DatasetRef(inputs[0].name, inputs[0].digest))
+    if not models:
+        return []
+    lines = [f"## Trial models (MLflow logged models, best first on {metric}, {context})", "",
+             f"| model | trial | {metric} | stopped early | checkpoint |", "|---|---|---|---|---|"]
+    lines += [f"| `{m['name']}` | {m['trial_id']} | {_f(m.get(metric))} | {m['stopped_early']} | "
+              f"`{m['checkpoint_uri']}` |" for m in models]
+    return lines + [""]
+
+
 def write_report(client, parent, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     pid, tags = parent.info.run_id, parent.data.tags
@@ -278,7 +298,7 @@ def write_report(client, parent, out: Path) -> Path:
         choice = summary.selection
         lines += [f"Winner: trial {summary.best_trial_id}, epoch {summary.best_epoch}, chosen on "
                   f"{choice['metric']} ({choice['split']}) = {_f(choice['value'])}.", ""]
-    lines += data_section(out) + history_section(client, parent, children, metric, out)
+    lines += data_section(out) + models_section(parent, metric) + history_section(client, parent, children, metric, out)
     lines += pareto_section(client, pid, summary, out)
     named = (summary.registered_model, str(summary.registered_version)) \
         if summary is not None and summary.registered_version is not None else None

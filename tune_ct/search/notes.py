@@ -53,6 +53,7 @@ def search_note(summary: SearchSummary, tracking_uri: str) -> str:
     lines += ["", "**Best configuration**", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(summary.best_config.items())]
     lines += front_lines(summary)
+    lines += model_lines(summary)
     lines += ["", f"- Trials: {summary.trials} ({summary.trials_errored} errored), {summary.seconds:.0f} s; "
               f"space `{summary.space}`",
               f"- Data: `{summary.data}`, manifest `{summary.manifest_hash}`, limit per class "
@@ -68,6 +69,18 @@ def search_note(summary: SearchSummary, tracking_uri: str) -> str:
     lines.append(f"- Report: `python -m tune_ct.report --run-id {summary.parent_run_id} --tracking-uri "
                  f"{tracking_uri} --out report/` (Markdown with curves, Grad-CAM, Optuna history)")
     return "\n".join(lines) + "\n"
+
+
+def model_lines(summary: SearchSummary) -> list[str]:
+    """The trials as MLflow models, best first on the metric that chose the winner (mlflow.search_logged_models)."""
+    if not summary.trial_models:
+        return []
+    metric = summary.selection["metric"]
+    lines = ["", f"**Trial models** (MLflow logged models, best first on {metric}, {summary.selection['split']}; "
+             "weights in the Tune storage)", "", f"| model | trial | {metric} | stopped early |", "|---|---|---|---|"]
+    lines += [f"| `{m['name']}`{' (registered)' if m['model_id'] == summary.best_model_id else ''} | "
+              f"{m['trial_id']} | {_value(m.get(metric))} | {m['stopped_early']} |" for m in summary.trial_models]
+    return lines
 
 
 def _value(value) -> str:

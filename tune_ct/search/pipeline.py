@@ -31,7 +31,7 @@ class Finished:
 
 def run_search(options: SearchOptions) -> Finished:
     from tune_ct.search.cluster import fit_to_cluster, ray_session
-    from tune_ct.search.console import announce
+    from tune_ct.search.console import announce, announce_links
     from tune_ct.search.plan import plan_search
     from tune_ct.search.trials import open_parent_run
     from tune_ct.track.uri import connect
@@ -43,6 +43,7 @@ def run_search(options: SearchOptions) -> Finished:
         announce(plan.name, context, options.verbose, plan.study_storage)
         plan = fit_to_cluster(plan, context)
         parent = open_parent_run(plan, client)
+        announce_links(options.tracking_uri, plan.experiment_id, parent.run_id)
         return search_and_publish(plan, client, parent, handlers, started)
 
 
@@ -119,7 +120,8 @@ def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: O
         optuna_study=plan.name if plan.study_storage else None,
         select_on=None if ext is None else {"name": ext.name, "root": str(ext.root), "hash": ext.content_hash,
                                             "n": len(ext.entries), "classes": ext.classes_present},
-        sampler=dataclasses.asdict(plan.sampler), best_costs=best.costs, orphan_child_runs=list(outcome.orphans), time_budget_s=tracker.time_budget_s,
+        sampler=dataclasses.asdict(plan.sampler), best_costs=best.costs, orphan_child_runs=list(outcome.orphans),
+        best_model_id=outcome.trial_models.get(best.trial_id), trial_models=list(outcome.ranked_models), time_budget_s=tracker.time_budget_s,
         stopped_by_time_budget=list(tracker.stopped_by_time_budget), tracking_delayed_calls=tracker.delayed,
         tracking_unlogged=list(tracker.unlogged),
         **(front_summary(outcome.front, plan.space.objectives, plan.space.search.pick) if outcome.front else {}),

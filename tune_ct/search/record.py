@@ -39,6 +39,7 @@ def record(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) 
         log_best(summary, client, parent)
         log_front(summary, plan, client, parent)
         log_test_input(summary, plan, client, parent)
+        link_winner(summary, plan, client)
         log_study_plots(plan, client, parent)
         describe(summary, plan, client, parent)
         log_json(client, parent.run_id, summary.to_dict(), SUMMARY_FILE)
@@ -94,11 +95,37 @@ def log_front(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRu
 
 def log_test_input(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) -> None:
     """The test split as the parent run's third dataset input, once it has been used (by the winner alone)."""
-    from tune_ct.track.datasets import log_inputs, split_input
+    from tune_ct.track.datasets import log_inputs
+
+    log_inputs(client, parent.run_id, [test_split_input(summary, plan)])
+
+
+def link_winner(summary: SearchSummary, plan: SearchPlan, client) -> None:
+    """The registered version's logged model: tied to the winner's trial model, its locked-test figures logged
+    against it and the test split (MLflow then lists them with the model)."""
+    from tune_ct.evaluate.metrics import metric_key
+    from tune_ct.track.logged_models import DatasetRef, link_registered, log_model_figures
+
+    registered_id = summary.model_uri.rsplit("/", 1)[-1] if summary.model_uri.startswith("models:/m-") else None
+    if registered_id is None:
+        return
+    if summary.best_model_id and summary.registered_version is not None:
+        link_registered(client, registered_id, summary.best_model_id, summary.registered_model,
+                        str(summary.registered_version))
+    test = summary.test_metrics
+    figures = {f"test_{k}": test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+    figures.update({f"test_recall_{metric_key(c)}": v for c, v in test["per_class_recall"].items()})
+    split = test_split_input(summary, plan)
+    log_model_figures(client, summary.parent_run_id, registered_id, figures, DatasetRef(split.name, split.digest))
+
+
+def test_split_input(summary: SearchSummary, plan: SearchPlan):
+    """The locked test split as the dataset input it is logged as (the films the winner was scored on)."""
+    from tune_ct.track.datasets import split_input
 
     matrix = summary.test_metrics["confusion_matrix"]
     labels = [c for c, row in zip(CLASSES, matrix) for _ in range(sum(row))]
-    log_inputs(client, parent.run_id, [split_input(plan.data, "test", labels, plan.options.data.limit_per_class)])
+    return split_input(plan.data, "test", labels, plan.options.data.limit_per_class)
 
 
 def log_study_plots(plan: SearchPlan, client, parent: ParentRun) -> None:

@@ -49,6 +49,8 @@ class SearchSummary:
     select_on: dict | None = None  # {name, root, hash, n, classes}: the films the search selected on
     sampler: dict | None = None  # {kind, n_startup_trials, why}: the Optuna sampler and why it was chosen
     best_costs: dict | None = None
+    best_model_id: str | None = None  # the winner's trial model (an MLflow LoggedModel; its weights in the storage)
+    trial_models: list = field(default_factory=list)  # every trial's model, best first on the search metric
     orphan_child_runs: list = field(default_factory=list)
     time_budget_s: float | None = None
     stopped_by_time_budget: list = field(default_factory=list)

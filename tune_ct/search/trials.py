@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 class ParentRun:
     run_id: str
     inputs: tuple  # the train and val splits as MLflow dataset inputs (tune_ct.track.datasets.SplitInput)
+    selection: object | None = None  # the --select-on films as a dataset input (SplitInput)
+
+    def dataset(self, split: str):
+        """The DatasetRef metrics measured on `split` (train, val, select_on) are tied to."""
+        from tune_ct.track.logged_models import DatasetRef
+
+        found = [i for i in (*self.inputs, self.selection) if i is not None and i.split == split]
+        return DatasetRef(found[0].name, found[0].digest) if found else None
 
 
 @dataclass
@@ -32,20 +40,21 @@ class TrialsRun:
 def open_parent_run(plan: SearchPlan, client) -> ParentRun:
     """A new parent run with what defines the search, or the resumed search's own one reopened."""
     from tune_ct.search.console import announce_resume
-    from tune_ct.track.datasets import trainval_inputs
+    from tune_ct.track.datasets import selection_input, trainval_inputs
     from tune_ct.track.parent_run import create_parent_run, reopen_parent_run
     from tune_ct.train.resume import SearchRecord, write_record
 
     inputs = trainval_inputs(plan.data, plan.options.data.limit_per_class)
+    selection = (selection_input(plan.select_on.films),) if plan.select_on else ()
     if plan.resumed_parent_id:
         reopen_parent_run(client, plan.resumed_parent_id)
         announce_resume(plan)
-        return ParentRun(plan.resumed_parent_id, inputs)
+        return ParentRun(plan.resumed_parent_id, inputs, selection[0] if selection else None)
     run_id = create_parent_run(client, plan.experiment_id, plan.name, parent_tags(plan), parent_params(plan),
-                               inputs, (str(plan.space.path),))
+                               inputs + selection, (str(plan.space.path),))
     write_record(plan.options.storage, SearchRecord(plan.name, run_id, plan.experiment_id, plan.options.experiment,
                                                     str(plan.space.path), plan.num_samples))
-    return ParentRun(run_id, inputs)
+    return ParentRun(run_id, inputs, selection[0] if selection else None)
 
 
 def parent_tags(plan: SearchPlan) -> dict[str, str]:

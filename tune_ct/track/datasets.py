@@ -55,5 +55,12 @@ def trainval_inputs(prep, limit_per_class: int | None) -> tuple[SplitInput, ...]
                              limit_per_class) for split in ("train", "val"))
 
 
+def selection_input(films) -> SplitInput:
+    """--select-on films (a tune_ct.data.external_set.ExternalSet) as a dataset: digest = their content hash."""
+    counts = films.class_counts()
+    profile = {"num_films": len(films.entries), "per_class": counts, "data": str(films.root)}
+    return SplitInput(f"{films.name} (select-on)", films.content_hash, str(films.root), "select_on", json.dumps(profile))
+
+
 def log_inputs(client, run_id: str, inputs) -> None:
     client.log_inputs(run_id, datasets=[i.entity() for i in inputs])

@@ -29,12 +29,17 @@ def code_version() -> str:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """Experiment id, creating it (with local artifacts under artifact_root for file/SQLite stores)."""
+    """Experiment id, creating it (with local artifacts under artifact_root for file/SQLite stores); either way it
+    is marked a model-training experiment, so MLflow's UI opens it in that view."""
+    from tune_ct.track.tags import EXPERIMENT_KIND, MODEL_TRAINING
+
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        if existing.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return existing.experiment_id
     location = (Path(artifact_root).resolve() / name).as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_TRAINING})
 
 
 def flat_params(config: dict, prefix: str = "") -> list[Param]:

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 PREFIX = "tune_ct."
 
+# MLflow's own experiment tag: which view its UI opens an experiment in. tune_ct trains models, so the
+# model-training view (runs, models, metrics per dataset), not the GenAI one (traces, agents).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
 # What a run is (tag ROLE): the search report finds the newest search by it, and evaluations by theirs.
 ROLE = "tune_ct.role"
 ROLE_SEARCH = "search"
@@ -54,6 +59,13 @@ TEST_N = "tune_ct.test_n"
 TEST_FIGURES = ("accuracy", "balanced_accuracy", "macro_f1")  # each a version tag tune_ct.<figure>
 DEMOTED = "tune_ct.demoted"
 PROMOTION = "tune_ct.promotion."  # + time, user, decision, previous_champion, test_split, gates, ...
+
+# A trial's LoggedModel (one per trial that reported: its kept best checkpoint, whose weights stay in the Tune
+# storage) and the registered version's link to the winner's.
+CHECKPOINT_URI = "tune_ct.checkpoint_uri"
+SEARCH_PARENT = "tune_ct.search_parent_run"
+TRIAL_MODEL_ID = "tune_ct.trial_model_id"  # on the registered model: the winner's trial model
+REGISTERED_AS = "tune_ct.registered_as"  # on the winner's trial model: NAME/VERSION
 
 # An external evaluation's run, and the figures it leaves on the version.
 MODEL_NAME = "tune_ct.model_name"

@@ -26,6 +26,29 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "databricks"))
 
 
+def ui_address(uri: str) -> tuple[str, str | None]:
+    """(the address of MLflow's UI for this store, the command that serves it or None): a server's own URL
+    (without credentials), else `mlflow ui` on the local store at 127.0.0.1:5000."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if uri.startswith(("http://", "https://")):
+        parts = urlsplit(uri)
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", "")), None
+    return "http://127.0.0.1:5000", f"mlflow ui --backend-store-uri {uri}"
+
+
+def ui_links(uri: str, experiment_id: str, run_id: str | None = None) -> list[str]:
+    """What to open in a browser: the experiment in MLflow's model-training view (not its GenAI view, the default
+    for experiments MLflow cannot place), and the run; with the `mlflow ui` command first for a local store."""
+    base, serve = ui_address(uri)
+    lines = [f"start the UI: {serve}"] if serve else []
+    lines.append(f"experiment: {base}/#/experiments/{experiment_id}?workflowType=machine_learning")
+    if run_id:
+        lines.append(f"run: {base}/#/experiments/{experiment_id}/runs/{run_id}")
+    return lines
+
+
 def connect(uri: str):
     """An MlflowClient on `uri` for runs and the registry; mlflow's fluent API (log_model, download_artifacts
     of models:/ URIs) is pointed at the same store."""
