@@ -23,9 +23,9 @@ mkdir -p $W/site && tar -C $W/site -I 'xz -T0 -d' -xf gpu_carry/site.tar.xz || e
 export PYTHONPATH=$W/site:$REPO
 python3 -c "import torch, ray, mlflow, optuna, timm, pytorch_grad_cam; print('torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__, 'optuna', optuna.__version__, 'timm', timm.__version__)" | tee -a "$OUT/phases.txt"
 DATA=$REPO/gpu_carry/data/COVID-19_Radiography_Dataset
-# The stage layout (tune_ct/{data,model,train,track,evaluate,registry,commands}) travels with the working tree, not
-# in gpu_carry/: stop here, before any GPU time is spent, if a module the phases below import is missing.
-if ! python3 -c "import tune_ct.train.trial, tune_ct.train.loop, tune_ct.commands.search, tune_ct.track.tracker; print('tune_ct imports: ok')" >> "$OUT/phases.txt" 2>&1; then
+# The stage layout (tune_ct/{data,model,train,track,evaluate,registry,search,commands}) travels with the working
+# tree, not in gpu_carry/: stop here, before any GPU time is spent, if a module the phases below import is missing.
+if ! python3 -c "import tune_ct.train.trial, tune_ct.train.loop, tune_ct.commands.search, tune_ct.search.pipeline, tune_ct.track.tracker, tune_ct.track.tags; print('tune_ct imports: ok')" >> "$OUT/phases.txt" 2>&1; then
   echo "tune_ct imports failed (see $OUT/phases.txt)"; kill $SMI; exit 1
 fi
 python3 -c "import ray.dashboard.optional_deps; print('ray dashboard deps: ok')" 2>&1 | tail -1 | tee -a "$OUT/phases.txt"

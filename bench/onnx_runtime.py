@@ -29,8 +29,8 @@ import torch
 from tune_ct.data.files import CLASSES, decode_file, resize
 from tune_ct.model.augment import to_model_input
 from tune_ct.model.networks import build_model
-from tune_ct.registry.onnx_export import export_checked, onnx_network, onnx_session
 from tune_ct.registry.classify import Network, torch_network
+from tune_ct.registry.onnx_export import export_checked, onnx_network, onnx_session
 
 
 @dataclass

@@ -55,6 +55,7 @@ params:
   aug_crop_scale_min: 0.85
 """
 
+REPO = Path(__file__).resolve().parents[1]
 RAY_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "2.0", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"}
 VARIANTS = ("before", "after")
 
@@ -64,8 +65,7 @@ def before_source(out: Path, commit: str) -> Path:
     folder = out / f"src-{commit}"
     if not (folder / "tune_ct").exists():
         folder.mkdir(parents=True, exist_ok=True)
-        repo = Path(__file__).resolve().parents[1]
-        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "tune_ct"], check=True,
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "tune_ct"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
@@ -78,10 +78,19 @@ def trial_module(source: Path) -> str:
     return "tune_ct.train.trial" if (source / "tune_ct" / "train" / "trial.py").exists() else "tune_ct.trial"
 
 
+def random_sampler_args(source: Path | None) -> list[str]:
+    """Random sampling in the tune_ct under `source` (None: the working tree): `--sampler random` (an Optuna study
+    with RandomSampler) where its search CLI has --sampler, else `--searcher random` (Tune's random search: the
+    code before --sampler, such as the default --before-commit)."""
+    package = (source or REPO) / "tune_ct"
+    has_sampler = any('"--sampler"' in f.read_text() for f in package.rglob("*.py"))
+    return ["--sampler" if has_sampler else "--searcher", "random"]
+
+
 def trial_rows(out: Path, name: str) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
-    from tune_ct.track.tracker import TRIAL_ID_TAG  # the same tag name in the 'before' commits
+    from tune_ct.track import tags  # tags.TRIAL_ID: the same tag name in the 'before' commits
 
     summary = json.loads((out / f"summary-{name}.json").read_text())
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -89,7 +98,7 @@ def trial_rows(out: Path, name: str) -> list[dict]:
     for run_id in summary["child_run_ids"]:
         info = client.get_run(run_id).info
         wall = (info.end_time - info.start_time) / 1000.0
-        trial_id = client.get_run(run_id).data.tags.get(TRIAL_ID_TAG)
+        trial_id = client.get_run(run_id).data.tags.get(tags.TRIAL_ID)
         results = [json.loads(line) for p in (out / "ray_results" / name).glob(f"*{trial_id}*/result.json")
                    for line in p.read_text().splitlines() if line.strip()]
         total = {k: sum(r.get(f"time_{k}_s", 0.0) or 0.0 for r in results)
@@ -115,10 +124,11 @@ def run(args, variant: str, repeat: int, space: Path) -> list[dict]:
     name = f"{variant}-r{repeat}"
     if not (args.out / f"summary-{name}.json").exists():
         env = {k: v for k, v in os.environ.items() if k not in RAY_DEFAULTS}
-        if variant == "before":
-            env.update(RAY_DEFAULTS, PYTHONPATH=str(before_source(args.out, args.before_commit)))
+        source = before_source(args.out, args.before_commit) if variant == "before" else None
+        if source is not None:
+            env.update(RAY_DEFAULTS, PYTHONPATH=str(source))
         cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space),
-               "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--sampler", "random",
+               "--limit-per-class", str(args.limit_per_class), "--seed", "0", *random_sampler_args(source),
                "--scheduler", "none", "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"),
                "--name", name, "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "overhead",
                "--summary", str(args.out / f"summary-{name}.json")]
@@ -140,7 +150,7 @@ def import_seconds(args, rounds: int) -> dict:
     interpreter, before vs after, interleaved: every trial pays it in the trial actor, the Train controller and
     each worker."""
     times = {"before": [], "after": []}
-    sources = {"before": before_source(args.out, args.before_commit), "after": Path(__file__).resolve().parents[1]}
+    sources = {"before": before_source(args.out, args.before_commit), "after": REPO}
     modules = {v: trial_module(src) for v, src in sources.items()}
     for _ in range(rounds):
         for variant in times:
@@ -174,8 +184,7 @@ def code_source(out: Path, code: str) -> tuple[Path | None, str, list[str]]:
     """(folder to put first on PYTHONPATH or None for the working tree, the commit or 'worktree', patches applied)."""
     if code == "worktree":
         return None, "worktree", []
-    repo = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", code], check=True, capture_output=True,
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", code], check=True, capture_output=True,
                             text=True).stdout.strip()
     folder, patched = before_source(out, commit), []
     for rel, (old, new) in COMPAT_PATCHES.items():
@@ -193,6 +202,65 @@ def train_seconds(result: dict, batch_size: int) -> float:
     n = int(result["n_train"])
     seen = (n // batch_size) * batch_size if n > batch_size else n
     return seen / max(float(result["train_images_per_s"]), 1e-9)
+
+
+def runner_trial(client, run_id: str, results: Path) -> dict:
+    """One trial of a --mode runners search, its times on the driver's clock (see `runner_rows`). `results`: the
+    search's Tune folder."""
+    from tune_ct.track import tags
+
+    run = client.get_run(run_id)
+    trial_id = run.data.tags.get(tags.TRIAL_ID)
+    reports = [json.loads(line) for p in results.glob(f"*{trial_id}*/result.json")
+               for line in p.read_text().splitlines() if line.strip()]
+    reports.sort(key=lambda r: r["epoch"])
+    arrival = {int(m.step): m.timestamp / 1000.0 for m in client.get_metric_history(run_id, "val_loss")}
+    bs = int(reports[0]["config"]["batch_size"])
+    work = [train_seconds(r, bs) + r["time_val_s"] + (r.get("time_checkpoint_s") or 0.0) for r in reports]
+    loop = sum(train_seconds(r, bs) + r["time_val_s"] for r in reports)
+    first, last = reports[0], reports[-1]
+    t0, end = run.info.start_time / 1000.0, run.info.end_time / 1000.0
+    t1 = arrival[int(first["epoch"])] - work[0]
+    return {
+        "trial": trial_id, "epochs": len(reports), "t0": t0, "t1": t1, "end": end,
+        "wall_s": end - t0, "in_loop_s": loop,
+        "data_compute_s": sum(r["time_data_s"] + r["time_compute_s"] + r["time_val_s"] for r in reports),
+        "startup_s": t1 - t0, "startup_in_trial_s": first["time_total_s"] - work[0],
+        "teardown_s": end - arrival[int(last["epoch"])],
+        "between_epochs_s": (arrival[int(last["epoch"])] - arrival[int(first["epoch"])]) - sum(work[1:]),
+        "checkpoint_s": sum(r.get("time_checkpoint_s") or 0.0 for r in reports),
+        "cache_s": sum(r.get("time_cache_s") or 0.0 for r in reports),
+        "first_timestamp_minus_arrival_s": first["timestamp"] - arrival[int(first["epoch"])],  # whole seconds
+        "pid": first.get("pid"), "train_images_per_s": statistics.median(r["train_images_per_s"] for r in reports),
+    }
+
+
+def assign_slots(rows: list[dict], concurrency: int) -> int:
+    """Give each trial its slot (slot, nth_in_slot, launch_s, slot_gap_s, slot_wall_s); returns the slot count.
+    Slots: trials in order of T0; a trial whose process (Tune's `pid`) ran an earlier trial follows that one (the
+    `actor` runner's reused actor); any other takes the slot whose previous trial ended last before T0 (+0.5 s),
+    or a new slot while fewer than max_concurrent are open."""
+    slots: list[float] = []  # the end of each slot's latest trial
+    counts: list[int] = []  # trials so far in each slot
+    slot_of_pid: dict = {}
+    for r in sorted(rows, key=lambda r: r["t0"]):
+        free = [i for i, e in enumerate(slots) if e <= r["t0"] + SLOT_TOLERANCE_S]
+        if r["pid"] not in slot_of_pid and not free and len(slots) < concurrency:
+            slots.append(r["end"])
+            counts.append(1)
+            slot_of_pid[r["pid"]] = len(slots) - 1
+            r.update(slot=len(slots) - 1, nth_in_slot=0, launch_s=None, slot_gap_s=None, slot_wall_s=None)
+            continue
+        # the slot freed last before this trial started (every slot busy should not happen: the one ending first)
+        i = slot_of_pid.get(r["pid"])
+        if i is None:
+            i = max(free, key=lambda i: slots[i]) if free else min(range(len(slots)), key=lambda i: slots[i])
+        slot_of_pid[r["pid"]] = i
+        previous, slots[i] = slots[i], r["end"]
+        r.update(slot=i, nth_in_slot=counts[i], launch_s=r["t0"] - previous, slot_gap_s=r["t1"] - previous,
+                 slot_wall_s=r["end"] - previous)
+        counts[i] += 1
+    return len(slots)
 
 
 def runner_rows(out: Path, name: str, concurrency: int) -> tuple[list[dict], dict]:
@@ -215,69 +283,21 @@ def runner_rows(out: Path, name: str, concurrency: int) -> tuple[list[dict], dic
     first step. in_loop_s = sum over epochs of train_seconds + time_val_s (the training loop proper; data_compute_s
     is the narrower sum of the per-batch data + compute timers of --mode versions). teardown_s = end - arrival(last).
     wall_s = end - T0; slot_wall_s = end - the previous trial's end in the slot (launch included; None for the
-    first trial of a slot, whose actor start precedes T0 and is seen only in the search's walls).
-    Slots: trials in order of T0; a trial whose process (Tune's `pid`) ran an earlier trial follows that one (the
-    `actor` runner's reused actor); any other takes the slot whose previous trial ended last before T0 (+0.5 s),
-    or a new slot while fewer than max_concurrent are open."""
+    first trial of a slot, whose actor start precedes T0 and is seen only in the search's walls). Slots: see
+    `assign_slots`."""
     from mlflow.tracking import MlflowClient
-
-    from tune_ct.track.tracker import TRIAL_ID_TAG
 
     summary = json.loads((out / f"summary-{name}.json").read_text())
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    rows = []
-    for run_id in summary["child_run_ids"]:
-        run = client.get_run(run_id)
-        trial_id = run.data.tags.get(TRIAL_ID_TAG)
-        results = [json.loads(line) for p in (out / "ray_results" / name).glob(f"*{trial_id}*/result.json")
-                   for line in p.read_text().splitlines() if line.strip()]
-        results.sort(key=lambda r: r["epoch"])
-        arrival = {int(m.step): m.timestamp / 1000.0 for m in client.get_metric_history(run_id, "val_loss")}
-        bs = int(results[0]["config"]["batch_size"])
-        work = [train_seconds(r, bs) + r["time_val_s"] + (r.get("time_checkpoint_s") or 0.0) for r in results]
-        loop = sum(train_seconds(r, bs) + r["time_val_s"] for r in results)
-        first, last = results[0], results[-1]
-        t0, end = run.info.start_time / 1000.0, run.info.end_time / 1000.0
-        t1 = arrival[int(first["epoch"])] - work[0]
-        rows.append({
-            "trial": trial_id, "epochs": len(results), "t0": t0, "t1": t1, "end": end,
-            "wall_s": end - t0, "in_loop_s": loop,
-            "data_compute_s": sum(r["time_data_s"] + r["time_compute_s"] + r["time_val_s"] for r in results),
-            "startup_s": t1 - t0, "startup_in_trial_s": first["time_total_s"] - work[0],
-            "teardown_s": end - arrival[int(last["epoch"])],
-            "between_epochs_s": (arrival[int(last["epoch"])] - arrival[int(first["epoch"])]) - sum(work[1:]),
-            "checkpoint_s": sum(r.get("time_checkpoint_s") or 0.0 for r in results),
-            "cache_s": sum(r.get("time_cache_s") or 0.0 for r in results),
-            "first_timestamp_minus_arrival_s": first["timestamp"] - arrival[int(first["epoch"])],  # whole seconds
-            "pid": first.get("pid"), "train_images_per_s": statistics.median(r["train_images_per_s"] for r in results),
-        })
-    slots: list[float] = []  # the end of each slot's latest trial
-    counts: list[int] = []  # trials so far in each slot
-    slot_of_pid: dict = {}
-    for r in sorted(rows, key=lambda r: r["t0"]):
-        free = [i for i, e in enumerate(slots) if e <= r["t0"] + SLOT_TOLERANCE_S]
-        if r["pid"] not in slot_of_pid and not free and len(slots) < concurrency:
-            slots.append(r["end"])
-            counts.append(1)
-            slot_of_pid[r["pid"]] = len(slots) - 1
-            r.update(slot=len(slots) - 1, nth_in_slot=0, launch_s=None, slot_gap_s=None, slot_wall_s=None)
-            continue
-        # the slot freed last before this trial started (every slot busy should not happen: the one ending first)
-        i = slot_of_pid.get(r["pid"])
-        if i is None:
-            i = max(free, key=lambda i: slots[i]) if free else min(range(len(slots)), key=lambda i: slots[i])
-        slot_of_pid[r["pid"]] = i
-        previous, slots[i] = slots[i], r["end"]
-        r.update(slot=i, nth_in_slot=counts[i], launch_s=r["t0"] - previous, slot_gap_s=r["t1"] - previous,
-                 slot_wall_s=r["end"] - previous)
-        counts[i] += 1
+    rows = [runner_trial(client, run_id, out / "ray_results" / name) for run_id in summary["child_run_ids"]]
+    slots = assign_slots(rows, concurrency)
     for r in rows:
         r["overhead_share"] = 1 - r["in_loop_s"] / r["wall_s"]
         r["slot_overhead_share"] = None if r["slot_wall_s"] is None else 1 - r["in_loop_s"] / r["slot_wall_s"]
     parent = client.get_run(summary["parent_run_id"]).info
     search = {"parent_run_s": (parent.end_time - parent.start_time) / 1000.0, "search_seconds": summary["seconds"],
               "trial_phase_s": max(r["end"] for r in rows) - min(r["t0"] for r in rows),
-              "in_loop_s": sum(r["in_loop_s"] for r in rows), "slots": len(slots), "trials": len(rows)}
+              "in_loop_s": sum(r["in_loop_s"] for r in rows), "slots": slots, "trials": len(rows)}
     return sorted(rows, key=lambda r: r["t0"]), search
 
 
@@ -290,8 +310,9 @@ def run_runner_search(args, runner: str, concurrency: int, repeat: int, spaces: 
     if timing.exists() and (args.out / f"summary-{name}.json").exists():
         done = json.loads(timing.read_text())
         return done["command_s"], name, done.get("code", "?")
+    source = Path(env["PYTHONPATH"]) if env.get("PYTHONPATH") else None  # the code that runs (None: working tree)
     cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(epochs_space or spaces[runner]),
-           "--limit-per-class", str(args.limit_per_class), "--seed", "0", "--sampler", "random",
+           "--limit-per-class", str(args.limit_per_class), "--seed", "0", *random_sampler_args(source),
            "--scheduler", "none", "--max-concurrent", str(concurrency), "--workdir", str(args.out / "wd"),
            "--storage", str(args.out / "ray_results"), "--name", name,
            "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "overhead-runners",

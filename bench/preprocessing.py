@@ -24,9 +24,10 @@ split, shared caches and one lung segmenter) and its own MLflow SQLite store, al
    and handed to --select-on as `Normal/*.png`. One search (--selection-search, `--scheduler none`, <= 2 epochs so
    the product keeps every epoch's checkpoint) runs with --select-on, so every trial reports val and ext_val
    figures; the winner each of --selection-metrics would pick among those trials (the product's rule, checked
-   against the product's own pick) is tested on the locked test split. TPE's first 10 trials are seeded random
-   draws, so a search with another metric samples the same configurations: --rerun-metrics runs such searches to
-   confirm the choice.
+   against the product's own pick) is tested on the locked test split. The searches sample with `--sampler
+   random` (seeded random draws, as TPE's 10 start-up trials were; the default sampler would follow each metric's
+   own values after a few), so a search with another metric samples the same configurations: --rerun-metrics runs
+   such searches to confirm the choice.
    What the held-out set is: films of a source the model *does* train on (the other half of kermany Normal), with
    one class only: ext_val_macro_f1 on it is 2R/(1+R) of its Normal recall R, i.e. "how many of these children's
    normal films it calls Normal". It is not another hospital.
@@ -101,9 +102,10 @@ class Analysis:
 
     def __init__(self, data: Path, workdir: Path, sources: Path, tracking_uri: str):
         from tune_ct.data.prepare import DataSettings
+        from tune_ct.data.workdir import WorkFolder
         from tune_ct.evaluate.evaluation import locked_test_set
 
-        self.test = locked_test_set(DataSettings(data=data, workdir=workdir, sources=sources))
+        self.test = locked_test_set(DataSettings(data=data, work=WorkFolder(workdir), sources=sources))
         self.tracking_uri = tracking_uri
         self.predictions: dict[str, tuple] = {}
 
@@ -114,13 +116,14 @@ class Analysis:
         from tune_ct.evaluate.statistics import by_origin
         from tune_ct.registry.models import load_model
 
-        model, meta = load_model(ref, self.tracking_uri)
+        model, loaded = load_model(ref, self.tracking_uri)
+        meta = loaded.checkpoint  # network, image size and film preprocessing, as the model was trained
         ev = evaluate_on(model, meta, self.test)
         y_pred = ev.probs.argmax(1)
         self.predictions[key] = (ev.files, ev.y_true, y_pred, ev.origins)
         origins = by_origin(ev.y_true, y_pred, ev.origins)
         report = full_report(ev, seed=0)
-        out = {"model": ref, "epoch_in_checkpoint": meta.get("epoch"),
+        out = {"model": ref, "epoch_in_checkpoint": meta.epoch,
                "test_macro_f1": ev.metrics["test_macro_f1"], "test_accuracy": ev.metrics["test_accuracy"],
                "test_balanced_accuracy": ev.metrics["test_balanced_accuracy"], "test_ci95": report["ci95"],
                "test_per_class_recall": {c: v["recall"] for c, v in report["per_class"].items()},
@@ -195,24 +198,24 @@ def other_origins_macro_f1(ev, y_pred) -> dict:
                                                              zero_division=0))}
 
 
-def aligned_lung_focus(model, meta: dict, ev, test) -> dict:
+def aligned_lung_focus(model, meta, ev, test) -> dict:
     """Grad-CAM mass inside the lung mask, with the mask put through the same crop as the film.
 
     The product's figure (`lung_focus` in the summary) resizes each film's full-film mask to the model's input;
     with lung_crop the input is the crop, so that mask no longer lines up with the film (and its even-spread
     baseline is the mask's share of the *whole* film). Here the mask is cropped with the box the segmenter finds
     on the film (the same call the cache makes), then resized like the film; without a crop this is the
-    product's computation and must give its figure."""
+    product's computation and must give its figure. `meta`: the model's CheckpointMeta; `test`: its TestSet."""
     from PIL import Image
 
     from tune_ct.data.cache import open_or_build
     from tune_ct.data.files import CLASSES, decode_file, resize
     from tune_ct.evaluate import gradcam
     from tune_ct.model.lungs import crop_box, crop_to_lungs, load_segmenter
-    from tune_ct.model.preprocess import per_film, preprocessing_of
+    from tune_ct.model.preprocess import per_film
 
-    prep = preprocessing_of(meta)
-    size = int(meta["image_size"])
+    prep = meta.film
+    size = meta.image_size
     data = open_or_build(test.subset, size, test.cache_root, per_film=per_film(prep))
     masked = [i for i, f in enumerate(ev.files) if gradcam.mask_path(test.root, f).is_file()]
     rows = np.array([data.files.index(ev.files[i]) for i in masked])
@@ -287,7 +290,9 @@ def variant_row(summary: dict, extra: dict) -> dict:
         "best_epoch": summary.get("best_epoch"),
         "test_n": t["n"], "test_macro_f1": t["macro_f1"], "test_accuracy": t["accuracy"],
         "test_balanced_accuracy": t["balanced_accuracy"],
-        "test_ci95": summary.get("test_ci95"), "test_per_class_recall": t["per_class_recall"],
+        # test_ci95: summaries from before SearchSummary; since, the CIs are in its full test report
+        "test_ci95": summary.get("test_ci95") or (summary.get("test_report") or {}).get("ci95"),
+        "test_per_class_recall": t["per_class_recall"],
         "test_confusion_matrix": t["confusion_matrix"],
         "lung_focus_product": (focus.get("all_with_masks") or {}).get("mean"),
         "lung_focus_product_even_spread": focus.get("uniform_cam_baseline"),
@@ -478,7 +483,7 @@ def run_selection(args, plan: dict, metric: str) -> dict:
     seconds = run_cmd([sys.executable, "-m", "tune_ct.search", "--data", plan["derived_data"], "--sources",
                        str(args.sources), "--workdir", plan["workdir"], "--space", str(space), "--summary",
                        str(summary), "--select-on", plan["select_on"], "--seed", str(args.seed), "--name", name,
-                       "--scheduler", "none", "--storage", str(args.out / "ray_results"),
+                       "--sampler", "random", "--scheduler", "none", "--storage", str(args.out / "ray_results"),
                        "--tracking-uri", args.tracking_uri, "--experiment", "preprocessing_bench",
                        "--register-name", "", "--optuna-storage", f"sqlite:///{args.out / 'optuna.db'}"],
                       args.out / f"select_{metric}.log", args.out)

@@ -103,6 +103,16 @@ def check_stopped_cleanly(client: MlflowClient, rc: int, sig: int, log: Path, ra
     return [sys.executable, *command[1:]]
 
 
+def check_a_second_search_in_the_folder_is_refused(command: list[str], folder: Path, env: dict, first: int) -> None:
+    """Two searches in one folder would share ./mlflow.db and ./optuna.db: the second is refused at its start,
+    naming the first, and touches nothing."""
+    second = subprocess.run([*command[:-4], "--name", "second"], cwd=folder, capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "is in use by another search" in second.stderr and f"pid {first}," in second.stderr
+    assert not (folder / "ray_results" / "second").exists()
+
+
 @pytest.mark.timeout(1500)
 def test_sigint_sigterm_and_sighup_each_stop_cleanly_and_the_printed_command_finishes(tmp_path, data_dir):
     data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
@@ -118,6 +128,8 @@ def test_sigint_sigterm_and_sighup_each_stop_cleanly_and_the_printed_command_fin
         for sig, whole_group in ((signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)):
             log = tmp_path / f"{signal.Signals(sig).name}.log"
             proc = run_until_a_new_epoch(command, tmp_path, env, client, log)
+            if sig == signal.SIGINT:
+                check_a_second_search_in_the_folder_is_refused(command, tmp_path, env, proc.pid)
             command = check_stopped_cleanly(client, stop(proc, sig, whole_group), sig, log, ray_dir)
         finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     finally:

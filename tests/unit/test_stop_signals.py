@@ -87,3 +87,18 @@ def test_before_tune_listens_a_signal_raises_instead():
                 signal.raise_signal(signal.SIGTERM)
     finally:
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_a_second_search_on_one_sqlite_store_is_refused_naming_the_first(tmp_path):
+    from tune_ct.search.store_lock import StoreBusyError, one_search_per_store, sqlite_files
+
+    mlflow_db, optuna_db = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    with one_search_per_store(mlflow_db, optuna_db, ("--name", "first")):
+        with pytest.raises(StoreBusyError, match=r"mlflow.db is in use by another search \(pid \d+, .*--name first"):
+            with one_search_per_store(mlflow_db, None, ("--name", "second")):
+                pass
+        with one_search_per_store("http://127.0.0.1:5000", None, ()):  # a server takes any number of searches
+            pass
+    with one_search_per_store(mlflow_db, optuna_db, ()):  # released when the first search ends
+        pass
+    assert sqlite_files("postgresql+psycopg2://h/db", "sqlite:///:memory:") == []

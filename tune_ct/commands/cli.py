@@ -13,6 +13,7 @@ COMMANDS = {
     "predict": "classify films with a model",
     "report": "write a Markdown report of a search",
     "origins": "leave-one-origin-out check: did the model learn the disease or the hospital?",
+    "clean": "list what searches keep on disk (caches, checkpoints) and remove what is no longer needed",
 }
 
 

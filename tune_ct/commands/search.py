@@ -18,6 +18,7 @@ from tune_ct.data.files import DataError
 from tune_ct.model.networks import PretrainedError
 from tune_ct.registry.models import DEFAULT_REGISTER_NAME
 from tune_ct.search.options import SearchOptions
+from tune_ct.search.store_lock import StoreBusyError
 from tune_ct.track.server import TrackingError
 from tune_ct.track.study import StudyError, resolve_storage_url
 from tune_ct.track.uri import resolve_tracking_uri
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console_logging(args.verbose)
     quiet_libraries(args.verbose)
-    errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError, StudyError, PretrainedError)
+    errors = (SpaceError, DataError, TrackingError, ResumeError, ClusterError, StudyError, PretrainedError,
+              StoreBusyError)
     return exit_on(errors, lambda: search(options_from(args, argv)))
 
 

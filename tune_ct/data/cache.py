@@ -8,6 +8,7 @@ never leaves half a cache and several trials asking at once end with one good ca
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -68,14 +69,66 @@ def _open(folder: Path) -> CachedImages:
         raise DataError(f"cache {folder} is damaged: images.u8 has {actual} bytes, expected {expected}; delete the folder")
     pixels = np.memmap(folder / "images.u8", dtype=np.uint8, mode="r", shape=(n, size, size))
     labels = np.array([CLASSES.index(label) for label in index["labels"]], dtype=np.int64)
+    touch_last_use(folder)
     return CachedImages(folder, pixels, index["files"], labels, index["splits"])
+
+
+LAST_USE = ".last_use"  # touched each time a cache is opened: `python -m tune_ct.clean` removes unused ones
+
+
+def touch_last_use(folder: Path) -> None:
+    try:
+        (folder / LAST_USE).touch()
+    except OSError:  # a read-only cache folder is still usable
+        pass
+
+
+class DiskFullError(DataError):
+    """A folder has too little free space for what must be written there; the message names both."""
+
+
+def need_space(folder: Path, nbytes: int, what: str) -> None:
+    """Raise DiskFullError, naming the folder, the space needed and what to do, unless `nbytes` fit there."""
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise DiskFullError(f"{folder}: {what} needs {nbytes / 2**20:.0f} MiB and the disk has {free / 2**20:.0f} "
+                            "MiB free; free space there (`python -m tune_ct.clean` lists what tune_ct keeps), or "
+                            "point --workdir at a larger disk")
+
+
+def allocate(path: Path, nbytes: int, what: str) -> np.memmap:
+    """A uint8 file of `nbytes` given its blocks before it is memory-mapped: a full disk is then an ENOSPC error
+    here (DiskFullError), never a SIGBUS when a page of the map is first written."""
+    with open(path, "wb") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, max(1, nbytes))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise DiskFullError(f"{path.parent.parent}: {what} needs {nbytes / 2**20:.0f} MiB and the disk ran out "
+                                "while allocating it; free space there or point --workdir at a larger disk") from None
+    return np.memmap(path, dtype=np.uint8, mode="r+", shape=(nbytes,))
+
+
+def sweep_leftovers(cache_root: Path) -> list[Path]:
+    """Half-built caches of builds that died (killed, a full disk): their builder process is gone."""
+    swept = []
+    for tmp in cache_root.glob("*.building-*"):
+        pid = tmp.name.split(".building-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            swept.append(tmp)
+    return swept
 
 
 def _build(folder: Path, data_root: Path, files: list[list[str]], size: int, workers: int,
            per_film: PerFilm | None) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".building-"))
+    what, nbytes = f"the {size}px cache of {len(files)} films", len(files) * size * size
+    need_space(folder.parent, nbytes, what)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f"{folder.name}.building-{os.getpid()}-"))
     try:
-        out = np.memmap(tmp / "images.u8", dtype=np.uint8, mode="w+", shape=(len(files), size, size))
+        out = allocate(tmp / "images.u8", nbytes, what)
+        out = out.reshape(len(files), size, size)
 
         def fill(i: int) -> None:
             file, sha = files[i][0], files[i][3]
@@ -124,6 +177,7 @@ def open_or_build(subset_path: Path, size: int, cache_root: Path, workers: int |
         return _open(folder)
     with open(cache_root / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the second builder waits here, then finds the cache ready
+        sweep_leftovers(cache_root)
         if not (folder / "index.json").exists():
             _build(folder, Path(subset["data_root"]), files, size, workers or os.cpu_count() or 1, per_film)
     return _open(folder)

@@ -9,6 +9,7 @@ prints the command that finishes the search; a stop during the final test and re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -30,15 +31,23 @@ class Finished:
 
 
 def run_search(options: SearchOptions) -> Finished:
-    from tune_ct.search.cluster import fit_to_cluster, ray_session
-    from tune_ct.search.console import announce, announce_links
     from tune_ct.search.plan import plan_search
-    from tune_ct.search.trials import open_parent_run
+    from tune_ct.search.store_lock import one_search_per_store
     from tune_ct.track.uri import connect
 
     started = time.monotonic()
-    client = connect(options.tracking_uri)
-    plan = plan_search(options, client)
+    with one_search_per_store(options.tracking_uri, options.optuna_storage, options.argv):
+        client = connect(options.tracking_uri)
+        plan = plan_search(options, client)
+        return search_on_ray(plan, client, started)
+
+
+def search_on_ray(plan: SearchPlan, client, started: float) -> Finished:
+    from tune_ct.search.cluster import fit_to_cluster, ray_session
+    from tune_ct.search.console import announce, announce_links
+    from tune_ct.search.trials import open_parent_run
+
+    options = plan.options
     with ray_session(options) as (context, handlers):
         announce(plan.name, context, options.verbose, plan.study_storage)
         plan = fit_to_cluster(plan, context)
@@ -54,7 +63,7 @@ def search_and_publish(plan: SearchPlan, client, parent: ParentRun, handlers: St
     from tune_ct.search.record import log_start_extras, record
     from tune_ct.search.results import read_results
     from tune_ct.search.trials import build_caches, run_trials
-    from tune_ct.track.parent_run import terminate
+    from tune_ct.track.parent_run import close_interrupted, terminate
     from tune_ct.train.stop_signals import stopped_by
 
     status = "FAILED"
@@ -73,6 +82,10 @@ def search_and_publish(plan: SearchPlan, client, parent: ParentRun, handlers: St
     except KeyboardInterrupt as exc:
         status = "KILLED"
         stop_cleanly(plan, client, parent, stopped_by(exc).name)
+        raise
+    except Exception:
+        with contextlib.suppress(Exception):  # a server down must not hide the error itself
+            close_interrupted(client, plan.experiment_id, parent.run_id)  # no child run left RUNNING for ever
         raise
     finally:
         terminate(client, parent.run_id, status)

@@ -130,6 +130,16 @@ def trial_settings(plan: SearchPlan) -> TrialSettings:
     )
 
 
+def disk_full_error(plan: SearchPlan, detail: str):
+    from tune_ct.data.cache import DiskFullError
+
+    return DiskFullError(
+        f"a trial could not write its checkpoint: {detail}. Checkpoints go to the Tune storage "
+        f"({plan.options.storage}; --storage) through the trial's temporary folder ($TMPDIR); free space on the "
+        f"full one (`python -m tune_ct.clean` lists what tune_ct keeps) or point --storage at a larger disk, then "
+        f"finish the search with --resume --name {plan.name}")
+
+
 def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
     """Build the Tuner (new, or restored on --resume with its own restored tracker) and run every trial. A stop
     signal during the trials lets Tune stop at its next step and write its experiment snapshot, then raises
@@ -156,7 +166,12 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
         table = TrialTable(space.metric, space.mode, space.max_epochs, plan.time_budget_s)
         tuner = new_tuner(fn, space, tune_plan, [tracker, table])
     with handlers.graceful(tracker.interrupt):
-        results = list(tuner.fit())
+        try:
+            results = list(tuner.fit())
+        except Exception:
+            if tracker.disk_full:  # raised by the tracker: say which disk and what to do, not Tune's traceback
+                raise disk_full_error(plan, tracker.disk_full) from None
+            raise
     del sink  # held until here: Ray ends an actor no handle refers to
     if handlers.requested is not None:
         raise Stopped(handlers.requested)

@@ -7,6 +7,7 @@ and a trial that Ray restarts keeps its one run.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from tune_ct.track.figures import plot_confusion_matrix
 from tune_ct.track.runs import flat_params
 
 log = logging.getLogger(__name__)
+DISK_FULL = "No space left on device"  # strerror(ENOSPC), in a trial's error text
 
 
 def numeric_metrics(result: dict) -> dict[str, float]:
@@ -68,6 +70,7 @@ class TrialTracker(Callback):
         self._pending: list[tuple[str, Callable[[], None]]] = []
         self._last_failure = 0.0
         self.interrupted = False  # told to stop by a signal: the trials still running are closed KILLED after
+        self.disk_full: str | None = None  # a trial's error said its disk was full (ENOSPC): the search stops
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; clients and queued closures stay behind.
@@ -272,6 +275,11 @@ class TrialTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = str(getattr(trial, "error_msg", None) or "trial failed")[:5000]
         self._close(trial, RunStatus.to_string(RunStatus.FAILED), {tags.ERROR: reason})
+        if DISK_FULL in reason and self.disk_full is None:
+            # Every next trial would fail the same way: stop the search (an error in a callback ends Tune's loop).
+            self.disk_full = next((line.strip() for line in reversed(reason.splitlines()) if DISK_FULL in line),
+                                  reason[-300:])
+            raise OSError(errno.ENOSPC, f"trial {trial.trial_id}: {self.disk_full}")
 
     def get_state(self) -> dict:
         return {"runs": dict(self.runs), "system_steps": dict(self._system_steps), "closed": sorted(self.closed)}
