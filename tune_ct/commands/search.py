@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="Optuna storage for the search's study, one study per search named after --name (default "
                    "sqlite:///optuna.db in this folder; a team's postgresql+psycopg2://...); open it with "
                    "optuna-dashboard URL")
+    p.add_argument("--warm-start", metavar="auto|NAME[,NAME]",
+                   help="seed the new study with the finished and pruned trials of earlier studies in the same Optuna "
+                   "storage that searched the same data for the same objectives (auto: every such study)")
     p.add_argument("--verbose", action="store_true",
                    help="also print Tune's per-trial output, Ray Train and worker logs (default: a compact trial "
                    "table; those go to the log files under the storage and Ray's session folder)")
@@ -107,6 +110,7 @@ def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
         address=args.address, summary=args.summary, select_on=args.select_on, select_on_labels=args.select_on_labels,
         time_budget=args.time_budget, argv=tuple(argv), verbose=args.verbose,
         optuna_storage=resolve_storage_url(args.optuna_storage), optuna_storage_given=bool(args.optuna_storage),
+        warm_start=args.warm_start,
     )
 
 

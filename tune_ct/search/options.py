@@ -33,3 +33,4 @@ class SearchOptions:
     verbose: bool = False  # Tune's own output, Ray Train and worker logs on the console too
     optuna_storage: str | None = None  # the TPE study's RDB URL (resolved); None: the study stays in memory
     optuna_storage_given: bool = False  # --optuna-storage was passed (a resumed search keeps its own otherwise)
+    warm_start: str | None = None  # auto | NAME[,NAME]: seed the study with earlier studies' compatible trials

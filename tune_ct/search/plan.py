@@ -58,6 +58,7 @@ class SearchPlan:
     select_on: SelectOn | None
     segmenter: Segmenter | None
     resumed_parent_id: str | None  # --resume: the parent run to continue
+    warm_start: object | None = None  # tune_ct.track.warm_start.WarmStart: what --warm-start brought in
     gpus_per_worker: float = 0.0  # set by fit_to_cluster, once Ray is up
     max_concurrent: int = 1
 
@@ -79,16 +80,33 @@ def plan_search(options: SearchOptions, client) -> SearchPlan:
     name, parent_id = name_and_parent(options, client, experiment_id)
     select_on = prepare_selection(options, space)
     study = plan_study(options, space, name, client, parent_id)  # a storage that does not open fails here
-    if study and parent_id is None:
-        from tune_ct.track.study import create_search_study
-
-        create_search_study(study, name, space.objectives, study_identity(options, space, data, select_on))
+    warm = start_study(options, space, name, study, study_identity(options, space, data, select_on)) \
+        if study and parent_id is None else None
     num_samples, scheduler = options.num_samples or space.search.num_samples, resolve_scheduler(options.scheduler, space)
     sampler = resolve_sampler(options.sampler or space.search.sampler, scheduler, num_samples,
                               space.search.multi_objective)
     return SearchPlan(options, space, data, name, experiment_id, num_samples, scheduler, sampler,
                       time_budget_s(options, space), study, select_on, prepare_segmenter(space, data, options.data),
-                      parent_id)
+                      parent_id, warm)
+
+
+def start_study(options: SearchOptions, space: Space, name: str, url: str, identity: dict):
+    """The new search's study, created with what its trials see, and seeded (--warm-start) with the compatible
+    trials of earlier studies in the same storage. Returns the WarmStart record, or None without --warm-start."""
+    from tune_ct.track.study import create_search_study
+    from tune_ct.track.warm_start import FIXED_ATTR, warm_start
+
+    fixed = {k: v for k, v in space.params.items() if not isinstance(v, dict)}
+    create_search_study(url, name, space.objectives, {**identity, FIXED_ATTR: fixed})
+    if not options.warm_start:
+        return None
+    from ray.tune.search.optuna import OptunaSearch
+
+    warm = warm_start(url, name, options.warm_start, identity, OptunaSearch.convert_search_space(space.tune_space()),
+                      fixed)
+    log.info(f"warm start: {warm.imported} trial(s) from {', '.join(warm.studies) or 'no study'}, {warm.skipped} "
+             f"skipped (outside this space), {len(warm.refused)} stud(ies) refused")
+    return warm
 
 
 def study_identity(options: SearchOptions, space: Space, data: Prepared, select_on: SelectOn | None) -> dict:

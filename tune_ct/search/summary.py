@@ -48,6 +48,7 @@ class SearchSummary:
     optuna_study: str | None = None
     select_on: dict | None = None  # {name, root, hash, n, classes}: the films the search selected on
     sampler: dict | None = None  # {kind, n_startup_trials, why}: the Optuna sampler and why it was chosen
+    warm_start: dict | None = None  # {studies, imported, skipped, refused}: what --warm-start brought in
     best_costs: dict | None = None
     best_model_id: str | None = None  # the winner's trial model (an MLflow LoggedModel; its weights in the storage)
     trial_models: list = field(default_factory=list)  # every trial's model, best first on the search metric

@@ -84,6 +84,8 @@ def parent_params(plan: SearchPlan) -> dict[str, object]:
         "n_trainval_images": len(plan.data.trainval_entries), "storage": options.storage,
         "sampler": plan.sampler.kind, "sampler_startup_trials": plan.sampler.n_startup_trials,
         "sampler_why": plan.sampler.why,
+        "warm_start": (f"{plan.warm_start.imported} trials from {','.join(plan.warm_start.studies) or 'none'} "
+                       f"({plan.warm_start.skipped} skipped)") if plan.warm_start else "none",
         "scheduler": {"asha": "ASHA", "none": "none"}[plan.scheduler],
         "objectives": ",".join(f"{n}:{m}" for n, m in space.objectives),
         "pick": describe_pick(search.pick) if search.multi_objective else "best on the metric",

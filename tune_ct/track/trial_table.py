@@ -129,7 +129,9 @@ class TrialTable(Callback):
     def setup(self, **info):
         self._state = TableState()
         total = info.get("total_num_samples")
-        self._write(f"\ntrials{f' ({total})' if total else ''}: best = best {self.metric} so far (val split)")
+        where = "select-on set" if self.metric.startswith("ext_") else (
+            "val split and select-on set" if self.metric.startswith("blend_") else "val split")
+        self._write(f"\ntrials{f' ({total})' if total else ''}: best = best {self.metric} so far ({where})")
         self._write(format_row(COLUMNS))
 
     def _row(self, trial) -> TrialRow:
