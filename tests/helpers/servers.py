@@ -30,18 +30,27 @@ def start_mlflow_server(root: Path, port: int | None = None, timeout: float = 90
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(proc, f"{uri}/health", root / "server.log", timeout)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, uri
+
+
+def wait_until_answering(proc: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Until `url` answers 200 (an event, not a fixed sleep); the server's log when it exits or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early: {(root / 'server.log').read_text()[-2000:]}")
+            raise RuntimeError(f"{proc.args[:4]} exited early:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
-                    return proc, uri
+                    return
         except OSError:
             time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"mlflow server did not answer /health within {timeout}s")
+    raise RuntimeError(f"{url} did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def stop_process(proc: subprocess.Popen) -> None:

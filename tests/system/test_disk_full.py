@@ -19,6 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers.films import make_small_dataset
+from helpers.processes import naming
 from helpers.search_cli import SPACES
 
 
@@ -36,15 +37,7 @@ def small_tmpfs(folder: Path, size: str):
 
 
 def ray_processes(ray_dir: Path) -> list[str]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if entry.name.isdigit() and str(ray_dir) in cmd:
-            out.append(cmd[:160])
-    return out
+    return naming(str(ray_dir))
 
 
 def search(tmp_path: Path, data: Path, space: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:

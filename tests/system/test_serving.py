@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -27,7 +26,7 @@ from tune_ct.registry.models import load_model, log_and_register
 from tune_ct.registry.classify import predict_files
 from tune_ct.track.runs import ensure_experiment
 
-from helpers.servers import free_port, stop_process
+from helpers.servers import free_port, stop_process, wait_until_answering
 from helpers.films import checkpoint_meta, twelve_bit_dicom as write_dicom
 from tune_ct.model.preprocess import Preprocessing
 
@@ -53,20 +52,6 @@ def register_champion(root, data_dir) -> str:
     return uri
 
 
-def wait_for_ping(proc, url: str, log, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow models serve exited early:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"mlflow models serve did not answer /ping within {timeout}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("serving")
@@ -85,7 +70,7 @@ def served(tmp_path_factory, data_dir):
              "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
     try:
-        wait_for_ping(proc, f"http://127.0.0.1:{port}", log)
+        wait_until_answering(proc, f"http://127.0.0.1:{port}/ping", log, timeout=180)
         yield {"url": f"http://127.0.0.1:{port}", "uri": uri, "proc": proc, "log": log}
     finally:
         stop_process(proc)

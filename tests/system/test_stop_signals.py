@@ -24,6 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers.films import make_small_dataset
+from helpers.processes import naming
 from helpers.search_checks import check_study_tells_the_truth
 from helpers.search_cli import SPACES
 from tune_ct.track import tags
@@ -41,16 +42,7 @@ def space(folder: Path) -> Path:
 
 
 def ray_processes(ray_dir: Path) -> list[str]:
-    """Command lines of live processes that belong to the Ray this search started (its own temp folder)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if entry.name.isdigit() and str(ray_dir) in cmdline:
-            found.append(cmdline[:200])
-    return found
+    return naming(str(ray_dir))
 
 
 def epochs_logged(client: MlflowClient) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.processes import command_lines
 from helpers.servers import free_port, stop_process
 from mlflow.tracking import MlflowClient
 
@@ -52,21 +53,9 @@ def wait_port(port: int, timeout: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def processes() -> dict[int, str]:
-    """pid -> command line of every process (read from /proc)."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                out[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                pass  # it exited meanwhile
-    return out
-
-
 def ray_processes(gcs_port: int) -> list[str]:
     """This cluster's Ray processes: those that name its GCS port."""
-    return [f"{pid} {cmd[:120]}" for pid, cmd in processes().items()
+    return [f"{pid} {cmd[:120]}" for pid, cmd in command_lines().items()
             if ("/raylet " in f"{cmd} " or "/gcs_server " in f"{cmd} " or "ray/dashboard/dashboard.py" in cmd)
             and str(gcs_port) in cmd]
 
@@ -134,7 +123,7 @@ def ray_cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
 def kill_leftovers(home: Path) -> None:
     """Last resort after a failure: the MLflow server the head started and any Ray process."""
     subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=60)
-    for pid, cmd in processes().items():
+    for pid, cmd in command_lines().items():
         if str(home) in cmd:  # the MLflow server started with --root ~/mlflow_data, and its workers (same group)
             try:
                 group = os.getpgid(pid)
