@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from helpers.search_checks import (check_child_runs, check_parent_run, check_study_tells_the_truth, check_summary,
                                   check_test_split_never_reached_a_trial)
 from tune_ct.track import tags
+from tune_ct.track.logged_models import version_model_id
 
 MAX_LINES_3_TRIALS = 110  # measured: ~95 lines (3 trials: ~12 table rows; the final summary ~75 lines)
 
@@ -131,16 +132,16 @@ def test_every_trial_that_reported_is_a_logged_model_tied_to_its_run_and_the_val
         run = client.get_run(model.source_run_id)
         assert model.tags[tags.TRIAL_ID] == run.data.tags[tags.TRIAL_ID]
         assert model.params["backbone"] == "baseline_cnn" and model.params["image_size"] == "32"
-        figures = {m.key: m for m in model.metrics}
-        assert figures["val_macro_f1"].dataset_digest == val.digest and figures["val_macro_f1"].dataset_name == val.name
-        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")}
-        assert figures["val_macro_f1"].value == pytest.approx(max(history.values()))  # its best epoch
+        best = {m.key: m for m in model.metrics}["best_val_macro_f1"]  # its best epoch's, on the val split
+        assert best.dataset_digest == val.digest and best.dataset_name == val.name
+        history = [m.value for m in client.get_metric_history(run.info.run_id, "val_macro_f1")]
+        assert best.value == pytest.approx(max(history)) and best.step in range(1, len(history) + 1)
         assert Path(model.tags[tags.CHECKPOINT_URI], "model.pt").is_file()  # the weights: in the storage
         assert [a.path for a in client.list_logged_model_artifacts(model.model_id)] == ["MLmodel"]
-    ranked = [m["val_macro_f1"] for m in summary["trial_models"]]
+    ranked = [m["val_macro_f1"] for m in summary["trial_models"]]  # read back through search_logged_models
     assert len(ranked) == 3 and ranked == sorted(ranked, reverse=True)
     version = client.get_model_version(search.register_name, str(summary["registered_version"]))
-    registered = client.get_logged_model(version.model_id)
+    registered = client.get_logged_model(version_model_id(version))
     assert registered.tags[tags.TRIAL_MODEL_ID] == summary["best_model_id"]
     winner = client.get_logged_model(summary["best_model_id"])
     assert winner.tags[tags.REGISTERED_AS] == f"{search.register_name}/{summary['registered_version']}"

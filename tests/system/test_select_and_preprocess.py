@@ -79,6 +79,11 @@ def test_search_selects_on_other_sources_with_lung_crop_and_clahe(tmp_path, data
     chosen_score = scores[(chosen.info.run_id, summary["best_epoch"])]
     assert chosen_score == pytest.approx(best), (chosen_score, scores)
     assert summary["best_config"]["lung_crop"] is True
+    # The summary names the metric that chose the winner, where it was measured, and its value.
+    assert summary["selection"] == {"metric": "ext_val_macro_f1", "mode": "max", "value": pytest.approx(best),
+                                    "split": "select-on set other_hospital"}
+    assert summary["val_metrics"]["ext_val_macro_f1"] == pytest.approx(best)
+    assert "best ext_val_macro_f1 so far (select-on set)" in proc.stdout  # the live table names its set
 
     # The registered model carries its segmenter and predicts a film that comes without a mask.
     film = next(f for f in sorted((data_dir / "COVID" / "images").iterdir())[300:])

@@ -145,7 +145,7 @@ def test_ray_up_onprem_search_and_ray_down(tmp_path, sshd, data_dir):
         started = time.monotonic()
         ray_cli("up", "-y", "--no-config-cache", str(config), timeout=300)
         up_seconds = time.monotonic() - started
-        assert (home / "tune_ct" / "tune_ct" / "search.py").is_file()  # the file mount reached the node
+        assert (home / "tune_ct" / "tune_ct" / "search" / "pipeline.py").is_file()  # the file mount reached the node
         assert not (home / "tune_ct" / ".venv").exists()  # rsync_exclude kept the local venv out
         assert ray_processes(ports["gcs"]), "ray up exited 0 but started no Ray"
         assert (home / ".local" / "bin" / "ray").is_symlink()  # `ray` on the SSH user's non-interactive PATH

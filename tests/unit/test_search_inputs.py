@@ -1,9 +1,8 @@
-"""Bad input to `python -m tune_ct.search` fails before any compute, with a message naming the file and key."""
+"""Bad input to `python -m tune_ct.search` fails before any compute, with a message naming the file and key (the
+command's main() in this process: the checks run before Ray, so no cluster is needed)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,23 @@ def write_space(tmp_path: Path, params_patch: dict | None = None, search_patch: 
     return path
 
 
-def run_search(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tune_ct.search", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+class Finished:
+    def __init__(self, returncode: int, stderr: str):
+        self.returncode, self.stderr = returncode, stderr
+
+
+@pytest.fixture
+def run_search(monkeypatch, capsys):
+    """`python -m tune_ct.search ARGS` in folder `cwd`: its exit status and stderr."""
+    from tune_ct.commands import search
+
+    def run(args: list[str], cwd: Path) -> Finished:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = search.main(args)
+        return Finished(code, capsys.readouterr().err)
+
+    return run
 
 
 BAD_PARAMS = [
@@ -48,7 +61,7 @@ def test_bad_space_is_rejected_naming_file_and_key(tmp_path, patch, key, words):
 
 
 @pytest.mark.parametrize("patch, key, words", BAD_PARAMS[:3])  # unknown backbone, distribution, bad range
-def test_bad_space_stops_the_command_before_compute(tmp_path, data_dir, patch, key, words):
+def test_bad_space_stops_the_command_before_compute(tmp_path, data_dir, run_search, patch, key, words):
     space = write_space(tmp_path, patch)
     proc = run_search(["--data", str(data_dir), "--space", str(space)], tmp_path)
     assert proc.returncode == 2, proc.stderr
@@ -76,7 +89,7 @@ def test_gpus_per_worker_is_auto_a_fraction_or_whole(tmp_path, value, ok):
 
 @pytest.mark.parametrize("folder, create, words", [("no_such_folder", False, "does not exist"),
                                                    ("empty", True, "no images found")])
-def test_missing_or_empty_data_folder_fails_before_compute(tmp_path, folder, create, words):
+def test_missing_or_empty_data_folder_fails_before_compute(tmp_path, run_search, folder, create, words):
     data = tmp_path / folder
     if create:
         data.mkdir()
@@ -86,7 +99,7 @@ def test_missing_or_empty_data_folder_fails_before_compute(tmp_path, folder, cre
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "ray_results").exists()
 
 
-def test_class_without_images_is_named(tmp_path, small_dataset):
+def test_class_without_images_is_named(tmp_path, small_dataset, run_search):
     for f in (small_dataset / "Viral Pneumonia" / "images").iterdir():
         f.unlink()
     proc = run_search(["--data", str(small_dataset), "--space", str(REPO / "tests/spaces/tiny.yaml")], tmp_path)

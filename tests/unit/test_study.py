@@ -117,3 +117,17 @@ def test_trials_the_time_budget_stopped_are_told_how_far_they_got():
     assert finish_running(study, ended, ["val_macro_f1"]) == [1, 2, 3]
     assert [(t.state, t.value) for t in study.trials] == [
         (TrialState.COMPLETE, 0.5), (TrialState.PRUNED, None), (TrialState.FAIL, None), (TrialState.COMPLETE, 0.7)]
+
+
+def test_the_result_asha_stops_a_trial_on_comes_with_its_completion(tmp_path):
+    """Tune hands the result the scheduler stopped a trial on (and a trial's final one) to on_trial_complete, not
+    to on_trial_result: it still counts as the epoch it is, once."""
+    search = searcher(f"sqlite:///{tmp_path / 'optuna.db'}")
+    search.suggest("stopped")
+    search.suggest("done")
+    search.on_trial_complete("stopped", {"val_macro_f1": 0.1, "epoch": 1, "config": {"epochs": 2}})
+    report(search, "done", 0.3, planned=2)
+    search.on_trial_complete("done", {"val_macro_f1": 0.5, "epoch": 2, "config": {"epochs": 2}})
+    stopped, done = search._ot_study.trials
+    assert (stopped.state, stopped.intermediate_values) == (TrialState.PRUNED, {1: 0.1})
+    assert (done.state, done.value, done.intermediate_values) == (TrialState.COMPLETE, 0.5, {1: 0.3, 2: 0.5})

@@ -24,6 +24,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from tune_ct.data import near_duplicates
 from tune_ct.data.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, scan
 
 MANIFEST_VERSION = 1
@@ -156,52 +157,22 @@ def split_counts(manifest: Manifest) -> dict[str, dict[str, int]]:
     return counts
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def near_pairs(phashes: list[str], max_bits: int, chunk: int = 256) -> list[tuple[int, int]]:
-    """All pairs (i < j) whose perceptual hashes differ in at most max_bits bits."""
-    # Hex hashes -> rows of uint64 words, so XOR + popcount runs vectorised over all pairs.
-    h = np.array([np.frombuffer(bytes.fromhex(p), dtype=">u8") for p in phashes]).astype(np.uint64)
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, len(h), chunk):
-        block = h[start : start + chunk]
-        dist = np.bitwise_count(block[:, None, :] ^ h[None, :, :]).sum(axis=2, dtype=np.int32)
-        rows, cols = np.nonzero(dist <= max_bits)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            if start + r < c:
-                pairs.append((start + r, c))
-    return pairs
+def near_pairs(phashes: list[str], max_bits: int, chunk: int = 1 << 23) -> list[tuple[int, int]]:
+    """All pairs (i < j) whose perceptual hashes differ in at most max_bits bits: every pair compared (exact,
+    quadratic; chunk bounds the cells compared at once). group_duplicates scales past this."""
+    a, b = near_duplicates.exact_pairs(near_duplicates.hash_rows(phashes), max_bits, block_cells=chunk)
+    order = np.lexsort((b, a))
+    return list(zip(a[order].tolist(), b[order].tolist()))
 
 
 def group_duplicates(entries: list[Entry], max_bits: int) -> list[list[int]]:
-    """Connected components of 'same pixels' or 'near-identical perceptual hash'; singletons included."""
-    uf = _UnionFind(len(entries))
-    first_by_sha: dict[str, int] = {}
-    for i, e in enumerate(entries):
-        if e.sha in first_by_sha:
-            uf.union(first_by_sha[e.sha], i)
-        else:
-            first_by_sha[e.sha] = i
-    for a, b in near_pairs([e.phash for e in entries], max_bits):
-        uf.union(a, b)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(entries)):
-        members[uf.find(i)].append(i)
-    return sorted(members.values(), key=lambda m: m[0])
+    """Connected components of 'same pixels' or 'near-identical perceptual hash'; singletons included.
+
+    Exact up to near_duplicates.EXACT_MAX films; above, seeded LSH with every link verified finds each pair at
+    the threshold with probability >= 0.995 (closer pairs more often) and never joins films without a real
+    chain of near pairs or equal shas (tune_ct/data/near_duplicates.py)."""
+    rows = near_duplicates.hash_rows([e.phash for e in entries])
+    return near_duplicates.groups_of(near_duplicates.group_labels(rows, [e.sha for e in entries], max_bits))
 
 
 def _seeded_key(seed: int, text: str) -> str:

@@ -55,9 +55,9 @@ def refuse_selection_set(client, version, content_hash: str, set_name: str) -> N
 def log_against_model(client, run_id: str, version, report: dict) -> None:
     """The set's headline figures logged against the version's logged model and the set as a dataset (MLflow then
     shows them with the model, beside its locked-test figures)."""
-    from tune_ct.track.logged_models import DatasetRef, log_model_figures
+    from tune_ct.track.logged_models import DatasetRef, log_model_figures, version_model_id
 
-    model_id = getattr(version, "model_id", None)
+    model_id = version_model_id(version)
     if not model_id:  # versions registered before MLflow 3's logged models
         return
     figures = {f"external_{k}": report[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}

@@ -31,14 +31,16 @@ class Finished:
 
 
 def run_search(options: SearchOptions) -> Finished:
-    from tune_ct.search.plan import plan_search
+    from tune_ct.search.plan import check_before_compute, plan_search, prepare_data
     from tune_ct.search.store_lock import one_search_per_store
     from tune_ct.track.uri import connect
 
     started = time.monotonic()
+    space = check_before_compute(options)  # a mistake fails here, having written nothing
     with one_search_per_store(options.tracking_uri, options.optuna_storage, options.argv):
-        client = connect(options.tracking_uri)
-        plan = plan_search(options, client)
+        data = prepare_data(options.data)  # the manifest: a missing or empty dataset fails here
+        client = connect(options.tracking_uri)  # the first write to the tracking store
+        plan = plan_search(options, space, data, client)
         return search_on_ray(plan, client, started)
 
 

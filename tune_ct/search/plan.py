@@ -67,15 +67,19 @@ class SearchPlan:
         return self.options.data.work
 
 
-def plan_search(options: SearchOptions, client) -> SearchPlan:
-    """Every check that needs no Ray, then the data, the name, the study, the selection set and the segmenter."""
-    from tune_ct.track.parent_run import open_experiment
-
+def check_before_compute(options: SearchOptions) -> Space:
+    """Every check that writes nothing: the space, the selection metric, pretrained weights, the tracking server."""
     space = load_space(options.space)  # every space mistake fails here, before any compute
     check_selection_metric(space, options)
     check_pretrained(space, options.weights)  # weights neither cached nor reachable fail here
     check_tracking(options.tracking_uri)  # a dead or credential-rejecting server fails here
-    data = prepare_data(options.data)
+    return space
+
+
+def plan_search(options: SearchOptions, space: Space, data: Prepared, client) -> SearchPlan:
+    """The name (and on --resume the parent run), the study, the selection set and the segmenter."""
+    from tune_ct.track.parent_run import open_experiment
+
     experiment_id = open_experiment(client, options.experiment, options.tracking_uri)
     name, parent_id = name_and_parent(options, client, experiment_id)
     select_on = prepare_selection(options, space)

@@ -39,7 +39,7 @@ def record(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) 
         log_best(summary, client, parent)
         log_front(summary, plan, client, parent)
         log_test_input(summary, plan, client, parent)
-        link_winner(summary, plan, client)
+        log_test_figures(summary, plan, client)
         log_study_plots(plan, client, parent)
         describe(summary, plan, client, parent)
         log_json(client, parent.run_id, summary.to_dict(), SUMMARY_FILE)
@@ -51,15 +51,13 @@ def record(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) 
 
 
 def log_best(summary: SearchSummary, client, parent: ParentRun) -> None:
-    """The winner's val and test figures, which trial and epoch it was, and the test confusion matrix."""
-    from tune_ct.evaluate.metrics import metric_key
+    """The winner's val figures, which trial and epoch it was, and the test confusion matrix (its test figures:
+    log_test_figures)."""
     from tune_ct.track.figures import plot_confusion_matrix
 
     test = summary.test_metrics
     metrics = {f"best_val_{k[4:]}": v for k, v in summary.val_metrics.items()
                if k.startswith("val_") and isinstance(v, (int, float))}
-    metrics.update({f"test_{k}": test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")})
-    metrics.update({f"test_recall_{metric_key(c)}": v for c, v in test["per_class_recall"].items()})
     metrics.update({f"best_{k}": v for k, v in (summary.best_costs or {}).items()})
     metrics["test_majority_class_macro_f1"] = test["majority_class_macro_f1"]
     parent_run.log_figures(client, parent.run_id, metrics, {
@@ -100,23 +98,24 @@ def log_test_input(summary: SearchSummary, plan: SearchPlan, client, parent: Par
     log_inputs(client, parent.run_id, [test_split_input(summary, plan)])
 
 
-def link_winner(summary: SearchSummary, plan: SearchPlan, client) -> None:
-    """The registered version's logged model: tied to the winner's trial model, its locked-test figures logged
-    against it and the test split (MLflow then lists them with the model)."""
+def log_test_figures(summary: SearchSummary, plan: SearchPlan, client) -> None:
+    """The winner's locked-test figures on the parent run, logged against the registered version's model and the
+    test split (MLflow then lists them with the model), which is tied to the winner's trial model."""
     from tune_ct.evaluate.metrics import metric_key
     from tune_ct.track.logged_models import DatasetRef, link_registered, log_model_figures
 
-    registered_id = summary.model_uri.rsplit("/", 1)[-1] if summary.model_uri.startswith("models:/m-") else None
-    if registered_id is None:
-        return
-    if summary.best_model_id and summary.registered_version is not None:
-        link_registered(client, registered_id, summary.best_model_id, summary.registered_model,
-                        str(summary.registered_version))
     test = summary.test_metrics
     figures = {f"test_{k}": test[k] for k in ("accuracy", "balanced_accuracy", "macro_f1")}
     figures.update({f"test_recall_{metric_key(c)}": v for c, v in test["per_class_recall"].items()})
+    registered_id = summary.model_uri.rsplit("/", 1)[-1] if summary.model_uri.startswith("models:/m-") else None
+    if registered_id is None:  # an older MLflow: no logged model to tie them to
+        parent_run.log_figures(client, summary.parent_run_id, figures)
+        return
     split = test_split_input(summary, plan)
     log_model_figures(client, summary.parent_run_id, registered_id, figures, DatasetRef(split.name, split.digest))
+    if summary.best_model_id and summary.registered_version is not None:
+        link_registered(client, registered_id, summary.best_model_id, summary.registered_model,
+                        str(summary.registered_version))
 
 
 def test_split_input(summary: SearchSummary, plan: SearchPlan):

@@ -4,6 +4,8 @@ link to the trial it came from.
 
 A trial's model is external: its weights stay where Tune keeps the trial's best checkpoint (the Tune storage; on
 a cluster that is shared storage), named by the tag CHECKPOINT_URI; only MLflow's small MLmodel stub is stored.
+Its figures are its best epoch's, named `best_<metric>` (best_val_macro_f1, ...): MLflow ties a model's metrics
+to a run's metrics, and under the per-epoch names they would add a second point at that epoch to the trial's run.
 When that storage is cleaned, the model's record, params and metrics stay, and the checkpoint URI then names
 nothing. The registered version is a full logged model of the winner (weights in MLflow), tagged with the
 winner's trial model.
@@ -62,9 +64,11 @@ def log_trial_model(client, experiment_id: str, parent_id: str, model: TrialMode
         params=model.params, tags={tags.TRIAL_ID: model.trial_id, tags.SEARCH_PARENT: parent_id,
                                    tags.CHECKPOINT_URI: model.checkpoint_uri, tags.BEST_EPOCH: str(model.epoch),
                                    tags.STOPPED_EARLY: model.stopped_early})
-    log_model_figures(client, model.run_id, logged.model_id, model.val_metrics, val, model.epoch)
+    best = {f"best_{k}": v for k, v in model.val_metrics.items()}
+    log_model_figures(client, model.run_id, logged.model_id, best, val, model.epoch)
     if select_on is not None and model.select_on_metrics:
-        log_model_figures(client, model.run_id, logged.model_id, model.select_on_metrics, select_on, model.epoch)
+        best = {f"best_{k}": v for k, v in model.select_on_metrics.items()}
+        log_model_figures(client, model.run_id, logged.model_id, best, select_on, model.epoch)
     return logged.model_id
 
 
@@ -76,22 +80,31 @@ def log_model_figures(client, run_id: str, model_id: str, metrics: dict[str, flo
 
 
 def ranked_trial_models(experiment_id: str, parent_id: str, metric: str, mode: str, dataset: DatasetRef) -> list[dict]:
-    """The search's trial models, best first on `metric` measured on `dataset`, read back through MLflow."""
+    """The search's trial models, best first on `metric` (at each trial's best epoch, `best_<metric>`) measured on
+    `dataset`, read back through MLflow."""
     import mlflow
 
+    key = f"best_{metric}"
     found = mlflow.search_logged_models(
         experiment_ids=[experiment_id], output_format="list",
         filter_string=f"tags.`{tags.SEARCH_PARENT}` = '{parent_id}'",
-        order_by=[{"field_name": f"metrics.{metric}", "ascending": mode == "min", "dataset_name": dataset.name,
+        order_by=[{"field_name": f"metrics.{key}", "ascending": mode == "min", "dataset_name": dataset.name,
                    "dataset_digest": dataset.digest}])
     out = []
     for m in found:
-        value = next((x.value for x in m.metrics or [] if x.key == metric and x.dataset_digest == dataset.digest),
-                     None)
+        value = next((x.value for x in m.metrics or [] if x.key == key and x.dataset_digest == dataset.digest), None)
         out.append({"model_id": m.model_id, "name": m.name, "trial_id": m.tags.get(tags.TRIAL_ID),
                     "run_id": m.source_run_id, metric: value, "stopped_early": m.tags.get(tags.STOPPED_EARLY),
                     "checkpoint_uri": m.tags.get(tags.CHECKPOINT_URI)})
     return out
+
+
+def version_model_id(version) -> str | None:
+    """The logged model behind a registered version: its model_id, or the one its source URI names
+    (`models:/m-...`; the registry leaves model_id empty for a version registered while logging)."""
+    model_id = getattr(version, "model_id", None)
+    source = getattr(version, "source", "") or ""
+    return model_id or (source.rsplit("/", 1)[-1] if source.startswith("models:/m-") else None)
 
 
 def link_registered(client, registered_model_id: str, trial_model_id: str, name: str, version: str) -> None:

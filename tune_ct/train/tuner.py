@@ -101,10 +101,14 @@ class StudySearch(OptunaSearch):
         return self.__dict__.setdefault(name, {})  # a searcher pickled by an older tune_ct lacks it
 
     def on_trial_result(self, trial_id: str, result: dict):
-        from tune_ct.train.best import better
-
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        self._note(trial_id, result)
+
+    def _note(self, trial_id: str, result: dict) -> None:
+        """One epoch's report: its progress, the best report so far, its intermediate value at step = epoch."""
+        from tune_ct.train.best import better
+
         first = self.metric[0] if isinstance(self.metric, list) else self.metric
         if first not in result:
             return
@@ -123,6 +127,11 @@ class StudySearch(OptunaSearch):
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        # A result the scheduler stopped the trial on (ASHA), or a trial's final one, comes here and not through
+        # on_trial_result: count it as the epoch it is, once.
+        noted = self._state("_progress").get(trial_id, (0, 0))[0]
+        if result and not error and int(result.get("epoch", 0)) > noted:
+            self._note(trial_id, result)
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         epochs_run, planned = self._state("_progress").get(trial_id, (0, 0))
         state, values = verdict(self._state("_best_epochs").get(trial_id), metrics, epochs_run, planned, error)
@@ -131,7 +140,6 @@ class StudySearch(OptunaSearch):
         except Exception as exc:  # noqa: BLE001 - e.g. a NaN value: Optuna refuses it, the search goes on
             log.warning(f"Optuna study: trial {trial_id} not told ({exc})")
         self._completed_trials.add(trial_id)
-
 
 def build_searcher(sampler: Sampler, seed: int, param_space: dict, max_concurrent: int = 0,
                    study_name: str = "optuna", study_storage: str | None = None,
