@@ -42,10 +42,10 @@ def searcher(url: str):
 
 
 def report(search, trial_id: str, *values: float, planned: int, start: int = 1) -> None:
-    """Epochs `start`, start+1, ... of a trial, as Tune hands them to the searcher (with the trial's config)."""
+    """Epochs `start`, start+1, ... of a trial, as the training loop reports them (Tune adds no config)."""
     for epoch, value in enumerate(values, start):
         search.on_trial_result(trial_id, {"val_macro_f1": value, "epoch": epoch, "training_iteration": epoch,
-                                          "config": {"epochs": planned}})
+                                          "epochs_planned": planned})
 
 
 def test_a_restored_searcher_agrees_with_the_study_on_disk(tmp_path):
@@ -89,7 +89,7 @@ def test_the_study_is_told_the_truth_about_each_trial(tmp_path):
     search.on_trial_complete("error", None, error=True)
     report(search, "retried", 0.3, planned=2)
     search.on_trial_result("retried", {"val_macro_f1": 0.4, "epoch": 2, "training_iteration": 1,
-                                       "config": {"epochs": 2}})  # Tune's iteration restarted after a retry
+                                       "epochs_planned": 2})  # Tune's iteration restarted after a retry
     search.on_trial_complete("retried", {"val_macro_f1": 0.4})
     trials = {t.number: t for t in search._ot_study.trials}
     assert (trials[0].state, trials[0].value, trials[0].intermediate_values) == (
@@ -125,9 +125,9 @@ def test_the_result_asha_stops_a_trial_on_comes_with_its_completion(tmp_path):
     search = searcher(f"sqlite:///{tmp_path / 'optuna.db'}")
     search.suggest("stopped")
     search.suggest("done")
-    search.on_trial_complete("stopped", {"val_macro_f1": 0.1, "epoch": 1, "config": {"epochs": 2}})
+    search.on_trial_complete("stopped", {"val_macro_f1": 0.1, "epoch": 1, "epochs_planned": 2})
     report(search, "done", 0.3, planned=2)
-    search.on_trial_complete("done", {"val_macro_f1": 0.5, "epoch": 2, "config": {"epochs": 2}})
+    search.on_trial_complete("done", {"val_macro_f1": 0.5, "epoch": 2, "epochs_planned": 2})
     stopped, done = search._ot_study.trials
     assert (stopped.state, stopped.intermediate_values) == (TrialState.PRUNED, {1: 0.1})
     assert (done.state, done.value, done.intermediate_values) == (TrialState.COMPLETE, 0.5, {1: 0.3, 2: 0.5})

@@ -33,7 +33,7 @@ DISK_FULL = "No space left on device"  # strerror(ENOSPC), in a trial's error te
 def numeric_metrics(result: dict) -> dict[str, float]:
     """The per-epoch numbers of a trial result (Tune's own bookkeeping keys left out)."""
     skip = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-            "time_since_restore", "iterations_since_restore", "done", "n_train", "n_val"}
+            "time_since_restore", "iterations_since_restore", "done", "n_train", "n_val", "epochs_planned"}
     return {k: float(v) for k, v in result.items()
             if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 

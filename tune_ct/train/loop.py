@@ -218,6 +218,7 @@ def run_epoch(training: Training, settings: TrialSettings, ctx: LoopContext, epo
     metrics = validate(training, ctx, hp.batch_size)
     metrics.update({
         "epoch": epoch + 1,
+        "epochs_planned": training.epochs,  # the searcher tells a study PRUNED from COMPLETE by it
         "train_loss": sum(ctx.gather(loss_sum)) / max(1, sum(ctx.gather(seen))),
         "lr": training.scheduler.get_last_lr()[0],
         "train_images_per_s": seen * world / max(train_seconds, 1e-9),

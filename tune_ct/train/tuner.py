@@ -113,7 +113,7 @@ class StudySearch(OptunaSearch):
         if first not in result:
             return
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        planned = int((result.get("config") or {}).get("epochs", epoch))
+        planned = int(result.get("epochs_planned", (result.get("config") or {}).get("epochs", epoch)))
         self._state("_progress")[trial_id] = (epoch, planned)
         best = self._state("_best_epochs").get(trial_id)
         mode = self.mode[0] if isinstance(self.mode, list) else self.mode
