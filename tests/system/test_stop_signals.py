@@ -33,10 +33,11 @@ REGISTER = "stopped-model"
 
 
 def space(folder: Path) -> Path:
-    """Trials long enough to be stopped three times (actor runner, 8 epochs at 64 px, one at a time)."""
+    """Trials long enough to be stopped three times (actor runner, 8 epochs at 128 px, one at a time: a quiet fast
+    machine ran the whole search at 64 px before a second search could be started beside it)."""
     raw = yaml.safe_load((SPACES / "tiny.yaml").read_text())
     raw["search"].update(runner="actor", max_concurrent=1, num_samples=2)
-    raw["params"].update(epochs=8, image_size=64)
+    raw["params"].update(epochs=8, image_size=128)
     (folder / "space.yaml").write_text(yaml.safe_dump(raw))
     return folder / "space.yaml"
 
@@ -122,6 +123,7 @@ def test_sigint_sigterm_and_sighup_each_stop_cleanly_and_the_printed_command_fin
             proc = run_until_a_new_epoch(command, tmp_path, env, client, log)
             if sig == signal.SIGINT:
                 check_a_second_search_in_the_folder_is_refused(command, tmp_path, env, proc.pid)
+                assert proc.poll() is None, "the first search ended before it could be stopped: make trials longer"
             command = check_stopped_cleanly(client, stop(proc, sig, whole_group), sig, log, ray_dir)
         finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     finally:

@@ -21,7 +21,7 @@ params:
   image_size: 32
   lr: {loguniform: [1.0e-3, 1.0e-2]}
   batch_size: 8
-  epochs: 5000
+  epochs: 1000
 """
 
 
@@ -40,9 +40,9 @@ def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_stu
     by_trial = {c.data.tags["tune_ct.trial_id"]: c for c in children}
     for trial_id in stopped:
         tags = by_trial[trial_id].data.tags
-        assert tags["stopped_early"] == "time_budget" and 0 < int(tags["epochs_run"]) < 5000
+        assert tags["stopped_early"] == "time_budget" and 0 < int(tags["epochs_run"]) < 1000
 
-    # Stopped by the budget after a few of their 200 epochs: PRUNED, every epoch an intermediate value.
+    # Stopped by the budget after a few of their 1000 epochs: PRUNED, every epoch an intermediate value.
     study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    check_study_tells_the_truth(study, client, summary, planned_epochs=5000)
+    check_study_tells_the_truth(study, client, summary, planned_epochs=1000)
     assert TrialState.PRUNED in {t.state for t in study.trials} and TrialState.COMPLETE not in {t.state for t in study.trials}

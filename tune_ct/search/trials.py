@@ -158,7 +158,8 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
                          plan.scheduler, options.data.seed, space.search.resolved_runner, plan.time_budget_s,
                          study_storage=plan.study_storage, verbose=options.verbose, objectives=space.objectives)
     tracker = TrialTracker(options.tracking_uri, plan.experiment_id, parent.run_id, space.max_epochs,
-                           time_budget_s=plan.time_budget_s, inputs=parent.inputs, system_metrics_of=plan.name)
+                           time_budget_s=plan.time_budget_s, inputs=parent.inputs, system_metrics_of=plan.name,
+                           storage_path=options.storage)
     sink = start_sink(plan.name)  # the trials' system samples wait there until the tracker logs them
     fn = trainable(trial_settings(plan), tune_plan.runner, sampled_as=plan.name)
     if options.resume:

@@ -48,8 +48,9 @@ class TrialTracker(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
                  retry_every_s: float = 15.0, final_retries: int = 4, time_budget_s: float | None = None,
-                 inputs: tuple = (), system_metrics_of: str | None = None):
+                 inputs: tuple = (), system_metrics_of: str | None = None, storage_path: str | None = None):
         self.tracking_uri = tracking_uri
+        self.storage_path = storage_path  # where checkpoints go: a full local disk stops the search
         self.inputs = tuple(inputs)  # SplitInput (train, val): every child run's MLflow dataset inputs
         self.system_metrics_of = system_metrics_of  # the run name whose SystemSink holds the trials' samples
         self._system_steps: dict[str, int] = {}  # trial id -> samples logged (their step)
@@ -273,12 +274,13 @@ class TrialTracker(Callback):
         })
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = str(getattr(trial, "error_msg", None) or "trial failed")[:5000]
+        reason = error_text(trial)[:5000]
         self._close(trial, RunStatus.to_string(RunStatus.FAILED), {tags.ERROR: reason})
-        if DISK_FULL in reason and self.disk_full is None:
+        full = DISK_FULL in reason or storage_nearly_full(self.__dict__.get("storage_path"))
+        if full and self.disk_full is None:
             # Every next trial would fail the same way: stop the search (an error in a callback ends Tune's loop).
             self.disk_full = next((line.strip() for line in reversed(reason.splitlines()) if DISK_FULL in line),
-                                  reason[-300:])
+                                  f"{DISK_FULL} under {self.__dict__.get('storage_path')}")
             raise OSError(errno.ENOSPC, f"trial {trial.trial_id}: {self.disk_full}")
 
     def get_state(self) -> dict:
@@ -288,6 +290,31 @@ class TrialTracker(Callback):
         self.runs.update(state.get("runs", {}))
         self.closed.update(state.get("closed", []))
         self._system_steps.update(state.get("system_steps", {}))
+
+
+def error_text(trial) -> str:
+    """What a failed trial's error says (Tune keeps it in a file under the storage, which may be unreadable)."""
+    try:
+        error = trial.get_error()
+    except Exception as exc:  # noqa: BLE001 - e.g. an empty error file on a full disk
+        return f"trial failed; its error could not be read ({type(exc).__name__}: {exc})"
+    return str(error) if error else "trial failed"
+
+
+NEARLY_FULL_BYTES = 64 * 2**20  # less than this free where checkpoints go: the next one will not fit either
+
+
+def storage_nearly_full(storage: str | None) -> bool:
+    """Whether a local Tune storage has almost no space left (a full disk also keeps Tune from writing the
+    trial's error, so its text cannot be relied on)."""
+    import shutil
+
+    if not storage or "://" in storage:
+        return False
+    try:
+        return shutil.disk_usage(storage).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def close_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:
