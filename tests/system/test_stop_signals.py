@@ -52,11 +52,15 @@ def epochs_logged(client: MlflowClient) -> int:
     return sum(len(client.get_metric_history(r.info.run_id, "val_macro_f1")) for r in runs)
 
 
-def run_until_a_new_epoch(command: list[str], folder: Path, env: dict, client: MlflowClient, log: Path):
-    """Start the search and return it once it has logged one more epoch than before (it is then mid-trial)."""
+def run_until_a_new_epoch(command: list[str], folder: Path, env: dict, client: MlflowClient, log: Path,
+                          alongside=None):
+    """Start the search and return it once it has logged one more epoch than before (it is then mid-trial);
+    `alongside(proc)` runs as soon as it has started."""
     before = epochs_logged(client) if (folder / "mlflow.db").exists() else 0
     proc = subprocess.Popen(command, cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
+    if alongside is not None:
+        alongside(proc)
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -96,13 +100,22 @@ def check_stopped_cleanly(client: MlflowClient, rc: int, sig: int, log: Path, ra
     return [sys.executable, *command[1:]]
 
 
-def check_a_second_search_in_the_folder_is_refused(command: list[str], folder: Path, env: dict, first: int) -> None:
+def start_a_second_search_beside(first: subprocess.Popen, command: list[str], folder: Path, env: dict):
+    """Once the first search holds the folder's stores, a second search in the same folder (started alongside,
+    while the first runs on)."""
+    lock, deadline = folder / "mlflow.db.search-lock", time.monotonic() + 120
+    while not (lock.exists() and f'"pid": {first.pid},' in lock.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return subprocess.Popen([*command[:-4], "--name", "second"], cwd=folder, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def check_the_second_was_refused(second: subprocess.Popen, folder: Path, first: int) -> None:
     """Two searches in one folder would share ./mlflow.db and ./optuna.db: the second is refused at its start,
     naming the first, and touches nothing."""
-    second = subprocess.run([*command[:-4], "--name", "second"], cwd=folder, capture_output=True, text=True,
-                            timeout=120, env=env)
-    assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
-    assert "is in use by another search" in second.stderr and f"pid {first}," in second.stderr
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 2, out[-2000:] + err[-2000:]
+    assert "is in use by another search" in err and f"pid {first}," in err
     assert not (folder / "ray_results" / "second").exists()
 
 
@@ -119,12 +132,14 @@ def test_sigint_sigterm_and_sighup_each_stop_cleanly_and_the_printed_command_fin
                "--register-name", REGISTER, "--summary", str(tmp_path / "summary.json")]
     try:
         for sig, whole_group in ((signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, False)):
-            log = tmp_path / f"{signal.Signals(sig).name}.log"
-            proc = run_until_a_new_epoch(command, tmp_path, env, client, log)
-            if sig == signal.SIGINT:
-                check_a_second_search_in_the_folder_is_refused(command, tmp_path, env, proc.pid)
-                assert proc.poll() is None, "the first search ended before it could be stopped: make trials longer"
-            command = check_stopped_cleanly(client, stop(proc, sig, whole_group), sig, log, ray_dir)
+            log, second = tmp_path / f"{signal.Signals(sig).name}.log", []
+            alongside = (lambda first: second.append(start_a_second_search_beside(first, command, tmp_path, env))) \
+                if sig == signal.SIGINT else None
+            proc = run_until_a_new_epoch(command, tmp_path, env, client, log, alongside)
+            rc, first_pid = stop(proc, sig, whole_group), proc.pid
+            for refused in second:
+                check_the_second_was_refused(refused, tmp_path, first_pid)
+            command = check_stopped_cleanly(client, rc, sig, log, ray_dir)
         finished = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
