@@ -36,11 +36,11 @@ Network = Callable[[torch.Tensor], torch.Tensor]  # normalised N x 1 x S x S fil
 def torch_network(model: torch.nn.Module) -> Network:
     model.eval()
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(x)
 
-    return run
+    return forward
 
 
 def probabilities(network: Network, x: torch.Tensor) -> np.ndarray:

@@ -65,10 +65,10 @@ def onnx_session(path: str | Path, threads: int = 0):
 def onnx_network(session) -> Network:
     """The session as a Network (normalised input tensor -> logits tensor), like torch_network."""
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run([OUTPUT], {INPUT: np.ascontiguousarray(x.numpy(), np.float32)})[0])
 
-    return run
+    return forward
 
 
 def max_prob_diff(a: np.ndarray, b: np.ndarray) -> float:
