@@ -67,11 +67,18 @@ def epochs_logged(client: MlflowClient) -> list[int]:
 
 
 def node_training(cluster, runner: str):
-    """The worker node whose process group holds the running training process (ray::ImplicitFunc for the actor
-    runner, ray::RayTrainWorker for Ray Train), or None."""
+    """The worker node whose raylet started the running training process (ray::ImplicitFunc for the actor runner,
+    ray::RayTrainWorker for Ray Train; a worker is the raylet's child, in a process group of its own), or None."""
     title = f"ray::{TRAINING_ACTOR[runner]}"
-    pids = {pid for pid, cmd in command_lines().items() if cmd.startswith(title)}
-    return next((n for n in cluster.nodes if n.name in WORKERS and pids & set(n.pids())), None)
+    parents = {parent_pid(pid) for pid, cmd in command_lines().items() if cmd.startswith(title)}
+    return next((n for n in cluster.nodes if n.name in WORKERS and n.raylet_pid() in parents), None)
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def children(client: MlflowClient, parent_id: str):
