@@ -24,6 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def distinct_ports(n: int) -> list[int]:
+    """n free ports, no two alike (free_port() may hand out a port twice once it is released)."""
+    out: list[int] = []
+    while len(out) < n:
+        port = free_port()
+        if port not in out:
+            out.append(port)
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -35,6 +45,7 @@ class Node:
     name: str
     proc: subprocess.Popen
     log: Path
+    worker_lo: int = 0  # first port of this node's private worker-port range
 
     def pids(self) -> list[int]:
         """Every live process of this node (ray start, raylet, agents, workers): they share its process group."""
@@ -153,12 +164,21 @@ def _ray() -> str:
 
 def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, resources: dict | None) -> Node:
     log = cluster.folder / f"{name}.log"
+    distinct = distinct_ports(6)
     ports = {
-        "--node-manager-port": free_port(), "--object-manager-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-        "--metrics-export-port": free_port(), "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": distinct[0], "--object-manager-port": distinct[1],
+        "--dashboard-agent-listen-port": distinct[2], "--dashboard-agent-grpc-port": distinct[3],
+        "--metrics-export-port": distinct[4], "--runtime-env-agent-port": distinct[5],
     }
-    worker_lo = 20000 + (free_port() % 200) * 200  # a private range of worker ports per node
+    # A private range of worker ports per node, below the kernel's ephemeral range (32768-60999) that free_port()
+    # draws from: an agent port drawn inside a worker range made a node refuse to start ("port ... used by other
+    # components").
+    # Distinct per node of this cluster too.
+    taken = {node.worker_lo for node in cluster.nodes}
+    block = free_port() % 100
+    while 10000 + block * 200 in taken:
+        block = (block + 1) % 100
+    worker_lo = 10000 + block * 200
     cmd = [_ray(), "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus),
            "--resources", json.dumps(resources or {}), "--min-worker-port", str(worker_lo),
            "--max-worker-port", str(worker_lo + 199), "--disable-usage-stats", *extra]
@@ -169,7 +189,7 @@ def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, 
     env = {**cluster.env, "RAY_ADDRESS": cluster.address}
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # its own process group: stop() kills exactly this node
-    return Node(name, proc, log)
+    return Node(name, proc, log, worker_lo)
 
 
 def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict | None = None,
