@@ -188,4 +188,5 @@ def test_lost_worker_node_trial_resumes_from_checkpoint_on_the_other(tmp_path, d
     survivors = (used & set(WORKERS)) - {victim}
     assert survivors, f"the trial did not move off {victim}: it trained on {used}"
     print(f"\nkilled {victim}'s raylet after epoch {killed_epoch}; trial finished on {sorted(survivors)} "
-          f"{recovered:.0f}s later; trials lost 0, child runs {len(runs)}")
+          f"{recovered:.0f}s later; trials lost 0, child runs {len(runs)}; epochs trained twice: "
+          f"{run.data.tags.get('epochs_rerun', 'none')}")

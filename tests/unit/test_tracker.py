@@ -157,3 +157,34 @@ def test_orphaned_child_run_is_closed_and_tagged(tmp_path):
     assert orphan.info.status == "KILLED" and "driver died" in orphan.data.tags[ORPHAN_TAG]
     assert known.info.status == "RUNNING" and ORPHAN_TAG not in known.data.tags
     assert client.get_run(runs["done"]).info.status == "FINISHED"
+
+
+def test_an_epoch_reported_again_after_a_restart_is_logged_once_and_tagged(tmp_path):
+    """Ray hands a report to the callbacks before it registers the report's checkpoint: a trial restarted in
+    between (lost node, dead driver) trains and reports that epoch again. Its run keeps one point per epoch (the
+    first) and names the epochs that ran twice; a resumed driver (unpickled) re-reads what is logged from MLflow."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from tune_ct.track.tags import EPOCHS_RERUN
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("rerun", artifact_location=(tmp_path / "art").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    t = TrialTracker(uri, exp, "parent", max_epochs=5)
+    t.runs["trial_1"] = run_id
+    trial = SimpleNamespace(trial_id="trial_1", config={})
+
+    def report(tracker: TrialTracker, epoch: int, loss: float) -> None:
+        tracker.on_trial_result(0, [trial], trial, {"epoch": epoch, "val_loss": loss})
+
+    for epoch, loss in [(1, 0.9), (2, 0.8), (3, 0.7), (3, 0.65), (4, 0.6)]:  # restarted from epoch 2's checkpoint
+        report(t, epoch, loss)
+    resumed = pickle.loads(pickle.dumps(t))
+    report(resumed, 4, 0.55)  # the resumed driver restarts it from epoch 3's checkpoint
+    report(resumed, 5, 0.5)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_loss"))
+    assert history == [(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6), (5, 0.5)]
+    assert client.get_run(run_id).data.tags[EPOCHS_RERUN] == "3,4"

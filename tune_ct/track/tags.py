@@ -46,6 +46,7 @@ TRIAL_ID = "tune_ct.trial_id"
 ORPHAN = "tune_ct.orphan"  # started as the driver died; closed KILLED on --resume
 PARETO_FRONT = "tune_ct.pareto_front"  # "true", or "picked" for the registered member
 EPOCHS_RUN = "epochs_run"
+EPOCHS_RERUN = "epochs_rerun"  # epochs a restarted trial trained twice; its run keeps each epoch's first report
 STOPPED_EARLY = "stopped_early"  # no | asha | time_budget | ...
 ERROR = "error"
 

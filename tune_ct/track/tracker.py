@@ -64,6 +64,8 @@ class TrialTracker(Callback):
         self.stopped_by_time_budget: list[str] = []  # trial ids
         self._started = time.monotonic()
         self.runs: dict[str, str] = {}  # trial id -> run id
+        self._epochs: dict[str, set[int]] = {}  # trial id -> epochs in its run
+        self.epochs_rerun: dict[str, list[int]] = {}  # trial id -> epochs trained again after a restart
         self.closed: set[str] = set()  # trial ids whose run was closed
         self.unlogged: list[str] = []  # what could not be logged by the end
         self.delayed = 0  # log calls that failed at first and went through on a retry
@@ -82,7 +84,8 @@ class TrialTracker(Callback):
     def __setstate__(self, state: dict) -> None:
         # A search started by an older tune_ct pickled a tracker without the newer attributes.
         self.__dict__.update({"inputs": (), "system_metrics_of": None, "_system_steps": {}, "_last_drain": 0.0,
-                              "closed": set(), **state, "interrupted": False})
+                              "closed": set(), "epochs_rerun": {}, **state, "interrupted": False,
+                              "_epochs": {}})  # re-read from MLflow: the snapshot may predate the last epochs
 
     def interrupt(self) -> None:
         """The search was told to stop: Tune ends the running trials, which must not be closed as finished (the
@@ -181,15 +184,31 @@ class TrialTracker(Callback):
 
         def log() -> None:
             run_id = self.run_id(trial)
-            # A resumed trial that had already trained to the end replays its last report: log it only if the
-            # driver died before that epoch reached MLflow, so no epoch is logged twice.
-            if result.get("replayed") and any(
-                    m.step == step for m in self.client.get_metric_history(run_id, "val_loss")):
+            logged = self._logged_epochs(trial.trial_id, run_id)
+            if step in logged:
+                self._rerun(trial.trial_id, run_id, step)
                 return
             self.client.log_batch(run_id, metrics=metrics)
+            logged.add(step)
 
         self._log(f"trial {trial.trial_id} epoch {step} metrics", log)
         self._log_system_metrics()
+
+    def _logged_epochs(self, trial_id: str, run_id: str) -> set[int]:
+        """The epochs already in the trial's run, read from MLflow once per driver (a resumed search's driver
+        finds the ones its predecessor logged after its last snapshot)."""
+        if trial_id not in self._epochs:
+            self._epochs[trial_id] = {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
+        return self._epochs[trial_id]
+
+    def _rerun(self, trial_id: str, run_id: str, epoch: int) -> None:
+        """An epoch reported again: Ray restarted the trial (lost node, dead driver) from a checkpoint older than
+        its last report, since a report reaches the callbacks before its checkpoint is registered. The run keeps
+        the first report of each epoch (MLflow metrics cannot be replaced) and says which epochs ran twice."""
+        again = self.epochs_rerun.setdefault(trial_id, [])
+        if epoch not in again:
+            again.append(epoch)
+            self.client.set_tag(run_id, tags.EPOCHS_RERUN, ",".join(map(str, sorted(again))))
 
     def _log_system_metrics(self, every_s: float = 10.0) -> None:
         """The trials' system samples that reached the sink, each in its trial's run (step = sample number)."""
