@@ -4,9 +4,9 @@
 
 Runs a real search (`python -m tune_ct.search`, actor runner, one trial at a time, so one trial process serves
 every trial) of short trials whose image size alternates between two sizes (two memory-mapped caches), and samples
-that process's memory from /proc every half second: anonymous memory (heap: models, optimiser state, Python
+that process's memory from /proc five times a second: anonymous memory (heap: models, optimiser state, Python
 objects) and file-backed memory (the memory-mapped image caches and loaded libraries) apart. The growth is taken
-from the end of the 5th trial (caches open, libraries loaded) to the end of the last, per kind.
+from the trials 5-14 (caches open, libraries loaded) to the last ten, per kind, as medians of the samples.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def trials_done(folder: Path) -> int:
 
 
 def sample(proc: subprocess.Popen, folder: Path) -> list[dict]:
-    """(time, trials done, memory) every half second while the search runs."""
+    """(time, trials done, memory) five times a second while the search runs."""
     samples, started = [], time.monotonic()
     while proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
         pids = trial_processes()
         mem = memory_kib(pids[0]) if len(pids) == 1 else None
         if mem:
@@ -74,14 +74,23 @@ def sample(proc: subprocess.Popen, folder: Path) -> list[dict]:
     return samples
 
 
-def growth(samples: list[dict], start_trial: int) -> dict:
-    """Per kind, memory at the last sample with `start_trial` trials done vs the last sample of the run."""
-    base = [s for s in samples if s["trials"] == start_trial]
-    if not base or len({s["pid"] for s in samples}) != 1:
+def growth(samples: list[dict], start_trial: int, window: int = 10) -> dict:
+    """Per kind, the median of the samples taken while trials start_trial .. start_trial+window-1 ran against the
+    median over the last `window` trials: one sample can catch a trial at its peak or between trials, a median of
+    ~20 cannot be moved by one."""
+    import statistics
+
+    if not samples or len({s["pid"] for s in samples}) != 1:
         return {"error": "no single trial process sampled across the run"}
-    first, last = base[-1], samples[-1]
-    return {k: {"after_trial": first[k], "at_end": last[k], "growth_pct": round(100 * (last[k] / first[k] - 1), 2)}
-            for k in ("VmRSS", "RssAnon", "RssFile")} | {"trials_at_end": last["trials"]}
+    end = samples[-1]["trials"]
+    first = [s for s in samples if start_trial <= s["trials"] < start_trial + window]
+    last = [s for s in samples if end - window <= s["trials"] <= end]
+    out = {}
+    for k in ("VmRSS", "RssAnon", "RssFile"):
+        a, b = statistics.median(s[k] for s in first), statistics.median(s[k] for s in last)
+        out[k] = {"trials_%d_%d" % (start_trial, start_trial + window - 1): a, "last_%d_trials" % window: b,
+                  "growth_pct": round(100 * (b / a - 1), 2)}
+    return out | {"trials_at_end": end, "samples": (len(first), len(last))}
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,6 @@ from tune_ct.train.settings import TrialSettings
 
 def actor_trial(config: dict, settings: TrialSettings) -> None:
     """Tune function trainable: one trial in this (possibly reused) actor process."""
-    import torch
-
     from tune_ct.train.loop import LoopContext, fit
 
     device = start_clean(settings)
@@ -29,8 +27,7 @@ def actor_trial(config: dict, settings: TrialSettings) -> None:
     try:
         fit(config, settings, ctx)
     finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()  # the next trial in this actor gets the memory back
+        release_memory(device)  # the next trial in this actor gets the memory back
 
 
 def start_clean(settings: TrialSettings):
@@ -38,13 +35,27 @@ def start_clean(settings: TrialSettings):
     the flags a trial may set. Seeds and the thread count are set by the loop itself for every trial."""
     import torch
 
-    gc.collect()
     use_cuda = bool(settings.gpus_per_worker) and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.empty_cache()
+    release_memory(torch.device("cuda" if use_cuda else "cpu"))
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = False
     return torch.device("cuda" if use_cuda else "cpu")
+
+
+def release_memory(device) -> None:
+    """Free what the last trial left (model, optimizer, batches) and give it back to the system: glibc keeps
+    freed heap pages in its arenas, so without malloc_trim a reused actor's resident memory only ever grows."""
+    import ctypes
+
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        pass
 
 
 # Process-wide on purpose: a reused actor keeps its memory maps open from one trial to the next.
