@@ -68,3 +68,32 @@ def test_the_modules_ray_processes_unpickle_import_no_torch_timm_or_sklearn():
             "print(sorted(m for m in ('torch', 'timm', 'sklearn') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_reused_actor_frees_each_trials_garbage_and_freezes_the_imports_once():
+    """What a trial leaves (here a tensor held by a reference cycle, as models and optimizers are) is freed as the
+    trial ends although the imports are frozen out of the collector; they are frozen once per process. In a
+    subprocess: freezing the test process's own objects would outlive the test."""
+    code = """
+import gc, weakref
+from types import SimpleNamespace
+import torch
+from tune_ct.train.actor import release_memory, start_clean
+
+assert gc.get_freeze_count() == 0
+start_clean(SimpleNamespace(gpus_per_worker=0))
+frozen = gc.get_freeze_count()
+assert frozen > 0
+
+class Trial: pass
+trial = Trial(); trial.cycle = trial; trial.weights = torch.zeros(1_000_000)
+gone = weakref.ref(trial); del trial
+assert gone() is not None  # a cycle: reference counting alone does not free it
+release_memory(torch.device("cpu"))
+assert gone() is None
+start_clean(SimpleNamespace(gpus_per_worker=0))
+assert gc.get_freeze_count() == frozen, "frozen again"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

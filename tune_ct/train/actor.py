@@ -31,12 +31,16 @@ def actor_trial(config: dict, settings: TrialSettings) -> None:
 
 
 def start_clean(settings: TrialSettings):
-    """A reused actor must not hand one trial's state to the next: free the previous model and optimizer, reset
-    the flags a trial may set. Seeds and the thread count are set by the loop itself for every trial."""
+    """A reused actor must not hand one trial's state to the next: the previous trial's model and optimizer were
+    freed as it ended (release_memory); reset the flags a trial may set. Seeds and the thread count are set by the loop itself for every trial."""
     import torch
 
+    if gc.get_freeze_count() == 0:
+        # Once per process: every full collection walks all the objects the imports (torch, timm, Ray) left, 0.3 s
+        # each time here; frozen, release_memory's collection takes 0.02 s.
+        gc.collect()
+        gc.freeze()
     use_cuda = bool(settings.gpus_per_worker) and torch.cuda.is_available()
-    release_memory(torch.device("cuda" if use_cuda else "cpu"))
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = False
     return torch.device("cuda" if use_cuda else "cpu")
