@@ -61,3 +61,25 @@ def checkpoint_meta(backbone: str, size: int, film=None, hp: dict | None = None,
     from tune_ct.model.preprocess import Preprocessing
 
     return CheckpointMeta(backbone, size, dict(hp or {}), epoch, film or Preprocessing())
+
+
+def make_external_collection(src: Path, dst: Path, per_origin: int) -> Path:
+    """A copy of `per_origin` real films of each origin of shared/data/external_dev, with its labels.csv (rows of
+    the copied films only): a collection in the labels-CSV layout, several origins in one folder."""
+    import csv
+
+    with (src / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    taken: dict[str, int] = {}
+    kept = []
+    for row in sorted(rows, key=lambda r: r["file"]):
+        if taken.get(row["origin"], 0) < per_origin:
+            taken[row["origin"]] = taken.get(row["origin"], 0) + 1
+            (dst / row["file"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / row["file"], dst / row["file"])
+            kept.append(row)
+    with (dst / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "label", "origin"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+    return dst

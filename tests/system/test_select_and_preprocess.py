@@ -1,6 +1,8 @@
-"""End to end: a search that selects on films from other sources (--select-on) with preprocessing chosen by the
-space (crop to the lungs with the dataset's own segmenter, CLAHE), its registered model predicting a film that
-has no mask, and that folder refused as the external set of the final figure."""
+"""End to end: train on A, select on B, report on C. A search over two collections (the dev set's layout and
+other hospitals' films with a labels CSV) that holds two origins out (--holdout-origin) and selects on films from
+other sources (--select-on), with preprocessing chosen by the space (crop to the lungs with the dataset's own
+segmenter, CLAHE); its registered model predicting a film that has no mask; the folder it selected on, and a
+held-out origin as the select-on set, refused."""
 
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from mlflow.tracking import MlflowClient
 from tune_ct.data.files import CLASSES
 from tune_ct.track.uri import connect
 
+from helpers.films import make_external_collection
 from helpers.search_cli import REPO
+
+HELD_OUT = ["covid-cxnet", "openist"]
 
 
 def dataset_with_masks(src: Path, dst: Path, per_class: int) -> Path:
@@ -51,15 +56,20 @@ def run(cwd: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProces
 def test_search_selects_on_other_sources_with_lung_crop_and_clahe(tmp_path, data_dir):
     data = dataset_with_masks(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
     select = other_source(data_dir, tmp_path / "other_hospital", per_class=6, start=200)
+    more = make_external_collection(data_dir.parent / "external_dev", tmp_path / "ext", per_origin=3)
+    (tmp_path / "data.yaml").write_text(f"collections:\n  - root: {data}\n  - name: ext\n    root: {more}\n"
+                                        f"    labels: {more / 'labels.csv'}\n")
     space = yaml.safe_load((REPO / "tests/spaces/tiny.yaml").read_text())
     space["search"].update(metric="ext_val_macro_f1", num_samples=2)
     space["params"].update(lung_crop=True, equalize={"choice": ["none", "clahe"]})
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    proc = run(tmp_path, "tune_ct.search", "--data", str(data), "--space", str(tmp_path / "space.yaml"),
+    proc = run(tmp_path, "tune_ct.search", "--data", str(tmp_path / "data.yaml"), "--space",
+               str(tmp_path / "space.yaml"), "--holdout-origin", HELD_OUT[0], "--holdout-origin", HELD_OUT[1],
                "--select-on", str(select), "--experiment", "sel", "--register-name", "sel-model",
                "--summary", str(tmp_path / "summary.json"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
+    check_held_out(tmp_path, summary, client=MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), out=proc.stdout)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(summary["parent_run_id"])
     assert parent.data.tags["tune_ct.select_on.n"] == "18" and parent.data.tags["tune_ct.select_on.hash"]
@@ -105,3 +115,28 @@ def test_search_selects_on_other_sources_with_lung_crop_and_clahe(tmp_path, data
                "--json", str(tmp_path / "ext.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "ext.json").read_text())["n"] == 15
+
+
+def check_held_out(tmp_path: Path, summary: dict, client, out: str) -> None:
+    """The held-out origins reached no trial and were scored once, per origin; the roles are on the parent run;
+    a held-out origin cannot be the select-on set."""
+    assert summary["origins"] == {"trained_on": ["hannover-mhh", "nih-cxr14", "unknown"],
+                                  "selected_on": ["other_hospital"], "held_out": HELD_OUT}
+    trainval = json.loads(Path(summary["trainval_subset"]).read_text())["files"]
+    assert len(trainval) > 40 and not [f for f in trainval if any(o in f[0] for o in HELD_OUT)]
+    assert sum("hannover-mhh" in f[0] or "nih-cxr14" in f[0] for f in trainval) >= 3  # the second collection
+    per_origin = summary["held_out"]["per_origin"]
+    assert {o: (v["n"], v["classes"]) for o, v in per_origin.items()} == {"covid-cxnet": (3, ["COVID"]),
+                                                                         "openist": (3, ["Normal"])}
+    assert summary["held_out"]["pooled"]["n"] == 6 and 0 <= summary["held_out"]["pooled"]["macro_f1"] <= 1
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["tune_ct.origins.held_out"] == ",".join(HELD_OUT)
+    assert parent.data.metrics["holdout_covid-cxnet_macro_f1"] == pytest.approx(per_origin["covid-cxnet"]["macro_f1"])
+    assert "| covid-cxnet | held out | 3 | COVID |" in parent.data.tags["mlflow.note.content"]
+    assert "covid-cxnet | held out | 3 | COVID" in out
+    labels = tmp_path / "openist.csv"
+    labels.write_text("file,label,origin\n" + "".join(
+        line + "\n" for line in (tmp_path / "ext" / "labels.csv").read_text().splitlines() if "openist" in line))
+    proc = run(tmp_path, "tune_ct.search", "--data", str(tmp_path / "data.yaml"), "--space", str(tmp_path / "space.yaml"),
+               "--holdout-origin", "openist", "--select-on", str(tmp_path / "ext"), "--select-on-labels", str(labels))
+    assert proc.returncode == 2 and "held out (--holdout-origin)" in proc.stderr, proc.stderr[-2000:]

@@ -34,7 +34,10 @@ def run_search(monkeypatch, capsys):
     def run(args: list[str], cwd: Path) -> Finished:
         monkeypatch.chdir(cwd)
         capsys.readouterr()
-        code = search.main(args)
+        try:
+            code = search.main(args)
+        except SystemExit as exc:  # a command line that cannot work exits as argparse does
+            code = exc.code
         return Finished(code, capsys.readouterr().err)
 
     return run

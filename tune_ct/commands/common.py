@@ -11,13 +11,24 @@ from collections.abc import Callable
 from typing import NoReturn
 from pathlib import Path
 
+from tune_ct.data.collections import parse_data_values
+from tune_ct.data.files import DataError
 from tune_ct.data.prepare import DataSettings
 from tune_ct.data.workdir import WORKDIR_ENV, WorkFolder
 
 
+MORE_DATA = ("; repeat it to add collections (DIR, NAME=DIR, or a YAML file listing them: "
+             "docs/data.md), each its own origin, in one manifest")
+
+
 def add_data_args(p: argparse.ArgumentParser, data_help: str = "dataset folder (default $TUNE_CT_DATA)",
-                  limit_help: str = "use N images per class (from the locked splits): smoke runs") -> None:
-    p.add_argument("--data", help=data_help)
+                  limit_help: str = "use N images per class (from the locked splits): smoke runs",
+                  holdout: bool = False) -> None:
+    p.add_argument("--data", action="append", metavar="DIR", help=data_help + MORE_DATA)
+    if holdout:
+        p.add_argument("--holdout-origin", action="append", metavar="NAME", default=[],
+                       help="keep this origin's films out of training and validation and score them once at "
+                       "the end, per origin (repeatable)")
     p.add_argument("--sources", type=Path, help="CSV with file,origin columns")
     p.add_argument("--workdir", type=Path, help=f"manifests and image caches (default ${WORKDIR_ENV} or ./.tune_ct)")
     p.add_argument("--limit-per-class", type=int, help=limit_help)
@@ -31,11 +42,22 @@ def usage_error(message: str) -> NoReturn:
 
 
 def data_settings(args: argparse.Namespace, data: str | Path | None = None) -> DataSettings:
+    """The data flags as one object: the first --data value is the primary collection, the others are added."""
     if args.limit_per_class is not None and args.limit_per_class < 1:
         usage_error(f"--limit-per-class must be at least 1, got {args.limit_per_class}")
-    return DataSettings(data=data or args.data, work=WorkFolder.resolve(args.workdir),
-                        sources=args.sources, seed=args.seed, limit_per_class=args.limit_per_class,
-                        manifest_path=getattr(args, "manifest", None))
+    values = [str(data)] if data else list(args.data or [])
+    try:
+        found = parse_data_values(values, args.sources)
+    except DataError as exc:
+        usage_error(str(exc))
+    if found and (found[0].labels or found[0].origins or found[0].classes):
+        usage_error(f"--data: the first collection ({found[0].name}) is read in the Kaggle layout "
+                    "(<class>/images/*); list a labels-CSV, origins or classes collection after it")
+    held_out = tuple(dict.fromkeys(getattr(args, "holdout_origin", None) or ()))
+    return DataSettings(data=found[0].root if found else None, work=WorkFolder.resolve(args.workdir),
+                        sources=found[0].sources if found else args.sources, seed=args.seed,
+                        limit_per_class=args.limit_per_class, manifest_path=getattr(args, "manifest", None),
+                        more=tuple(found[1:]), held_out=held_out)
 
 
 def add_tracking_arg(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from tune_ct.data.overview import overview, print_overview
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(prog="python -m tune_ct.data", description=__doc__.split("\n\n")[0])
     add_data_args(p, data_help="dataset folder (Kaggle layout); default $TUNE_CT_DATA",
-                  limit_help="also write the train/val list of an N-per-class sample")
+                  limit_help="also write the train/val list of an N-per-class sample", holdout=True)
     p.add_argument("--json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--manifest", type=Path, help="manifest file (default under --workdir)")
     return p.parse_args(argv)

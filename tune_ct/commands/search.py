@@ -31,7 +31,7 @@ from tune_ct.train.tuner import SAMPLERS, SCHEDULERS
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tune_ct.search", description=__doc__.split("\n\n")[0])
-    add_data_args(p, data_help="dataset folder in the Kaggle layout (default $TUNE_CT_DATA)")
+    add_data_args(p, data_help="dataset folder in the Kaggle layout (default $TUNE_CT_DATA)", holdout=True)
     p.add_argument("--space", required=True, type=Path, help="search space YAML (see search_spaces/)")
     p.add_argument("--num-samples", type=int, help="trials to run (default: the space's search.num_samples)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: the space's search.max_concurrent)")

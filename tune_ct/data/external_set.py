@@ -83,8 +83,8 @@ def check_name(name: str, from_folder: bool = False) -> str:
     return name
 
 
-def _place(parts: tuple[str, ...], name: str) -> tuple[str | None, str | None]:
-    """(class, None) for a film of a class folder, else (None, why it is ignored)."""
+def _place(parts: tuple[str, ...], name: str, classes: dict[str, str] | None = None) -> tuple[str | None, str | None]:
+    """(class, None) for a film of a class folder (`classes` maps other folder names), else (None, why not)."""
     if name.startswith("."):
         return None, "hidden file"  # .DS_Store, macOS '._x.png' resource forks
     suffix = Path(name).suffix.lower()
@@ -92,7 +92,7 @@ def _place(parts: tuple[str, ...], name: str) -> tuple[str | None, str | None]:
         return None, f"not an image file (extension {suffix or 'none'!r})"
     if not parts:
         return None, "not inside a class folder"
-    label = class_for_folder(parts[0])
+    label = (classes or {}).get(parts[0]) or class_for_folder(parts[0])
     if label is None:
         return None, f"folder {parts[0]!r} is not one of the classes {', '.join(CLASSES)}"
     if len(parts) == 1 or (len(parts) == 2 and parts[1].lower() == "images"):
@@ -100,11 +100,12 @@ def _place(parts: tuple[str, ...], name: str) -> tuple[str | None, str | None]:
     return None, f"in sub-folder {'/'.join(parts[1:])!r} (only <class>/ and <class>/images/ are read)"
 
 
-def _from_folders(root: Path) -> tuple[list[tuple[str, str, str]], list[Skipped]]:
+def from_folders(root: Path, classes: dict[str, str] | None = None) -> tuple[list[tuple[str, str, str]], list[Skipped]]:
+    """(file, class, origin "unknown") of every film in a class folder, and every other file with why not."""
     candidates, ignored = [], []
     for parts, name in walk_files(root):
         rel = "/".join((*parts, name))
-        label, why = _place(parts, name)
+        label, why = _place(parts, name, classes)
         if label:
             candidates.append((rel, label, "unknown"))
         else:
@@ -125,7 +126,7 @@ def _csv_rows(path: Path):
             yield row_number, reader.line_num, row
 
 
-def _from_labels(path: Path, root: Path) -> tuple[list[tuple[str, str, str]], list[Skipped]]:
+def from_labels(path: Path, root: Path) -> tuple[list[tuple[str, str, str]], list[Skipped]]:
     """The rows of a labels CSV; a file listed twice is ignored the second time (a conflicting label stops)."""
     seen: dict[str, tuple[str, int]] = {}
     candidates, ignored = [], []
@@ -191,7 +192,7 @@ def load_external(folder, labels_csv=None, name: str | None = None) -> ExternalS
         raise DataError(f"external set folder {root} does not exist or is not a folder (from --external)")
     name = check_name(name, from_folder=False) if name else check_name(root.name, from_folder=True)
     labels = Path(labels_csv).expanduser().resolve() if labels_csv else None
-    candidates, ignored = _from_labels(labels, root) if labels else _from_folders(root)
+    candidates, ignored = from_labels(labels, root) if labels else from_folders(root)
     entries, unreadable = _decode_all(root, candidates)
     if not entries:
         found = (f"{len(candidates)} film(s) listed, all unreadable (first: {unreadable[0].file}: "

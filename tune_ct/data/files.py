@@ -89,8 +89,9 @@ def walk_files(root: Path):
             yield parts, name
 
 
-def scan(root: Path) -> Scan:
-    """List every file under root as a class image or as ignored; errors when nothing usable is there."""
+def scan(root: Path, require_all: bool = True) -> Scan:
+    """List every file under root as a class image or as ignored; errors when nothing usable is there (or, with
+    require_all, when a class has no image: other collections may bring it otherwise)."""
     root = Path(root)
     result = Scan(root=root)
     found: dict[str, int] = {c: 0 for c in CLASSES}
@@ -109,7 +110,7 @@ def scan(root: Path) -> Scan:
             "(the Kaggle 'COVID-19 Radiography Database' layout)"
         )
     missing = [c for c, n in found.items() if n == 0]
-    if missing:
+    if missing and require_all:
         raise DataError(f"no images for class(es) {', '.join(missing)} in {root}: expected images in "
                         + ", ".join(str(root / c / "images") for c in missing))
     return result

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from tune_ct.data import near_duplicates
+from tune_ct.data.collections import Collection, list_films
 from tune_ct.data.files import CLASSES, DataError, RejectedImage, decode_file, pixel_sha, scan
 
 MANIFEST_VERSION = 1
@@ -53,6 +54,12 @@ class Entry:
     origin: str = "unknown"
     group: int = -1
     split: str = ""
+    collection: str = ""  # "" for the primary collection; else the name of an added one (Manifest.collections)
+
+    @property
+    def key(self) -> str:
+        """Unique in the manifest: the file, prefixed by its collection's name when it is not the primary's."""
+        return f"{self.collection}:{self.file}" if self.collection else self.file
 
 
 @dataclass
@@ -69,14 +76,24 @@ class Manifest:
     # Test images that changed or vanished since the split was locked ({file, reason, sha}). Kept across runs,
     # so every later run still warns: results are not comparable with those from before the change.
     lost_test: list[dict[str, str]] = field(default_factory=list)
+    collections: dict[str, str] = field(default_factory=dict)  # added collections: name -> root
 
     @property
     def hash(self) -> str:
-        """Identity of the data a model sees: files, pixels, labels and splits (not timestamps)."""
+        """Identity of the data a model sees: files, pixels, labels and splits (not timestamps). A manifest of the
+        primary collection alone hashes as it did before collections existed."""
         digest = hashlib.sha256()
-        for e in sorted(self.entries, key=lambda e: e.file):
-            digest.update(f"{e.file}\0{e.sha}\0{e.label}\0{e.split}\n".encode())
+        for e in sorted(self.entries, key=lambda e: (e.collection, e.file)):
+            digest.update(f"{e.key}\0{e.sha}\0{e.label}\0{e.split}\n".encode())
         return digest.hexdigest()[:16]
+
+    def film_path(self, entry: Entry) -> str:
+        """What a file list names: the path under the primary root, or an added collection's film's full path
+        (the image cache reads data_root / file, which is that path when it is absolute)."""
+        return str(Path(self.collections[entry.collection]) / entry.file) if entry.collection else entry.file
+
+    def origins(self) -> list[str]:
+        return sorted({e.origin for e in self.entries})
 
     def in_split(self, *splits: str) -> list[Entry]:
         return [e for e in self.entries if e.split in splits]
@@ -184,15 +201,15 @@ def assign_splits(entries: list[Entry], groups: list[list[int]], previous: dict[
     """Give every group one split. Locked files keep theirs; a group touching the test split goes to test."""
     new_groups: list[list[int]] = []
     for g in groups:
-        before = {previous[entries[i].file].split for i in g if entries[i].file in previous}
+        before = {previous[entries[i].key].split for i in g if entries[i].key in previous}
         if not before:
             new_groups.append(g)
             continue
         split = "test" if "test" in before else "val" if "val" in before else "train"
         for i in g:
-            old = previous.get(entries[i].file)
+            old = previous.get(entries[i].key)
             if old is not None and old.split != split:
-                report.moved.append({"file": entries[i].file, "from": old.split, "to": split})
+                report.moved.append({"file": entries[i].key, "from": old.split, "to": split})
             entries[i].split = split
 
     # Stratify new groups by (class, origin) so every split sees every source of every class.
@@ -226,6 +243,10 @@ class BuildOptions:
     fractions: dict[str, float] | None = None
     near_bits: int = NEAR_DUPLICATE_BITS
     workers: int | None = None
+    more: tuple[Collection, ...] = ()  # collections added to the primary one
+    # A new manifest with added collections takes its lock from the primary's own manifest, so adding a
+    # collection keeps every primary film's split.
+    lock_from: Path | None = None
 
 
 def build(root: Path, manifest_path: Path, options: BuildOptions | None = None) -> tuple[Manifest, LockReport]:
@@ -240,31 +261,61 @@ def build(root: Path, manifest_path: Path, options: BuildOptions | None = None) 
         return _build(Path(root), manifest_path, options or BuildOptions())
 
 
+def _previous(manifest_path: Path, options: BuildOptions) -> Manifest | None:
+    if manifest_path.exists():
+        return load(manifest_path)
+    if options.lock_from is not None and Path(options.lock_from).exists():
+        return load(options.lock_from)
+    return None
+
+
+@dataclass
+class _Found:
+    entries: list[Entry]
+    rejected: list[dict[str, str]]
+    ignored: list[str]
+
+
+def _read_all(root: Path, options: BuildOptions, previous: dict[str, Entry]) -> _Found:
+    """Every usable film of the primary collection and of each added one, with what was rejected or ignored."""
+    found = scan(root, require_all=not options.more)
+    entries, rejected = _hash_entries(root, found.images, previous, read_sources(options.sources), options.workers)
+    result = _Found(entries, rejected, list(found.ignored))
+    for c in options.more:
+        if Path(c.root) == Path(root):
+            raise DataError(f"--data: collection {c.name} is the primary folder {root} again")
+        listed = list_films(c, read_sources(c.sources))
+        more, rejected = _hash_entries(c.root, listed.images, previous, listed.origins, options.workers, c.name)
+        result.entries += more
+        result.rejected += [{**r, "file": f"{c.name}:{r['file']}"} for r in rejected]
+        result.ignored += [f"{c.name}:{i}" for i in listed.ignored]
+    return result
+
+
 def _build(root: Path, manifest_path: Path, options: BuildOptions) -> tuple[Manifest, LockReport]:
     fractions = dict(options.fractions or DEFAULT_FRACTIONS)
     if abs(sum(fractions.values()) - 1.0) > 1e-6 or set(fractions) != set(SPLITS):
         raise DataError(f"split fractions {fractions} must give train, val and test summing to 1")
-    found = scan(root)
-    origins = read_sources(options.sources)
-    previous_manifest = load(manifest_path) if Path(manifest_path).exists() else None
-    previous = {e.file: e for e in previous_manifest.entries} if previous_manifest else {}
+    previous_manifest = _previous(manifest_path, options)
+    previous = {e.key: e for e in previous_manifest.entries} if previous_manifest else {}
     seed = options.seed
     if previous_manifest is not None:
         seed, fractions = previous_manifest.seed, previous_manifest.fractions  # the lock includes its recipe
 
     report = LockReport()
-    entries, rejected = _hash_entries(root, found.images, previous, origins, options.workers)
-    present = {e.file: e for e in entries}
-    report.new_files = sum(1 for e in entries if e.file not in previous)
-    lost = _lost_test(previous_manifest, previous, present, report)
+    found = _read_all(root, options, previous)
+    entries = found.entries
+    report.new_files = sum(1 for e in entries if e.key not in previous)
+    lost = _lost_test(previous_manifest, previous, {e.key: e for e in entries}, report)
     if not entries:
-        raise DataError(f"no readable images in {root}: all {len(rejected)} candidate files were rejected")
+        raise DataError(f"no readable images in {root}: all {len(found.rejected)} candidate files were rejected")
     empty = [c for c in CLASSES if not any(e.label == c for e in entries)]
     if empty:
-        raise DataError(f"no readable images for class(es) {', '.join(empty)} in {root}")
+        where = f"{root} or the collections added to it" if options.more else str(root)
+        raise DataError(f"no readable images for class(es) {', '.join(empty)} in {where}")
 
-    entries.sort(key=lambda e: e.file)
-    groups = group_duplicates(entries, options.near_bits)
+    entries.sort(key=lambda e: (e.collection, e.file))
+    groups = group_duplicates(entries, options.near_bits)  # across collections: a film in two is one group
     for gid, members in enumerate(groups):
         for i in members:
             entries[i].group = gid
@@ -272,9 +323,10 @@ def _build(root: Path, manifest_path: Path, options: BuildOptions) -> tuple[Mani
 
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest = Manifest(
-        data_root=str(root), seed=seed, fractions=fractions, entries=entries, rejected=rejected,
+        data_root=str(root), seed=seed, fractions=fractions, entries=entries, rejected=found.rejected,
         ignored=found.ignored, near_duplicate_bits=options.near_bits,
         created=previous_manifest.created if previous_manifest else now, updated=now, lost_test=lost,
+        collections={c.name: str(c.root) for c in options.more},
     )
     save(manifest, manifest_path)
     if lost:
@@ -304,7 +356,7 @@ def progress_bar(iterable, total: int, desc: str):
 
 
 def _hash_entries(root: Path, images: list[tuple[str, str]], previous: dict[str, Entry], origins: dict[str, str],
-                  workers: int | None) -> tuple[list[Entry], list[dict[str, str]]]:
+                  workers: int | None, collection: str = "") -> tuple[list[Entry], list[dict[str, str]]]:
     """An Entry per readable image (unchanged files keep their hashes) and a reason per rejected file."""
     entries: list[Entry] = []
     rejected: list[dict[str, str]] = []
@@ -315,7 +367,7 @@ def _hash_entries(root: Path, images: list[tuple[str, str]], previous: dict[str,
         except OSError as exc:  # a dangling symlink, or a file removed while we scan
             rejected.append({"file": rel, "reason": f"cannot read file: {exc.strerror}"})
             continue
-        old = previous.get(rel)
+        old = previous.get(f"{collection}:{rel}" if collection else rel)
         if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns and old.label == label:
             entries.append(Entry(**{**asdict(old), "origin": origins.get(rel, old.origin), "group": -1, "split": ""}))
         else:
@@ -329,7 +381,8 @@ def _hash_entries(root: Path, images: list[tuple[str, str]], previous: dict[str,
             return None, {"file": rel, "reason": str(exc)}
         except OSError as exc:
             return None, {"file": rel, "reason": f"cannot read file: {exc}"}
-        return Entry(rel, label, sha, phash, st.st_size, st.st_mtime_ns, conversion, origins.get(rel, "unknown")), None
+        return Entry(rel, label, sha, phash, st.st_size, st.st_mtime_ns, conversion, origins.get(rel, "unknown"),
+                     collection=collection), None
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
@@ -406,7 +459,8 @@ def limit_per_class(entries: list[Entry], per_class: int, seed: int) -> list[Ent
 
 
 def origin_map(manifest: Manifest, sources: Path | None = None) -> dict[str, str]:
-    """file -> origin for every file whose origin is known: the manifest's, overridden by a sources CSV."""
-    origins = {e.file: e.origin for e in manifest.entries if e.origin != "unknown"}
+    """file list path -> origin for every film whose origin is known: the manifest's, overridden by a sources
+    CSV (of the primary collection)."""
+    origins = {manifest.film_path(e): e.origin for e in manifest.entries if e.origin != "unknown"}
     origins.update(read_sources(sources))
     return origins

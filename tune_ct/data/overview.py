@@ -41,18 +41,21 @@ def overview(prep: Prepared, sources: Path | None = None) -> dict:
         "files_used": len(m.entries),
         "rejected": m.rejected,
         "ignored": m.ignored,
-        "converted": [{"file": e.file, "conversion": e.conversion} for e in m.entries if e.conversion],
-        "duplicate_groups": [[e.file for e in g] for g in groups],
-        "exact_duplicate_sets": [[e.file for e in g] for g in exact_sets],
+        "converted": [{"file": e.key, "conversion": e.conversion} for e in m.entries if e.conversion],
+        "duplicate_groups": [[e.key for e in g] for g in groups],
+        "exact_duplicate_sets": [[e.key for e in g] for g in exact_sets],
         "duplicate_groups_per_class": per_class,
         "files_in_duplicate_groups": sum(len(g) for g in groups),
         "groups_straddling_splits": len(straddling),
-        "groups_with_mixed_labels": [[f"{e.file} ({e.label})" for e in g] for g in mixed],
+        "groups_with_mixed_labels": [[f"{e.key} ({e.label})" for e in g] for g in mixed],
         "near_duplicate_bits": m.near_duplicate_bits,
+        "collections": {"primary": str(prep.root), **m.collections},
+        "groups_across_collections": sum(len({e.collection for e in g}) > 1 for g in groups),
+        "held_out_origins": list(prep.held_out),
         "counts": mf.split_counts(m),
         "origins": {s: dict(sorted(c.items())) for s, c in origins.items()},
         "origin_unknown": sum(e.origin == "unknown" for e in m.entries),
-        "splits": {s: [e.file for e in m.entries if e.split == s] for s in mf.SPLITS},
+        "splits": {s: [e.key for e in m.entries if e.split == s] for s in mf.SPLITS},
         "lock": {"new_files": prep.report.new_files, "test_missing": prep.report.test_missing,
                  "test_changed": prep.report.test_changed, "moved": prep.report.moved,
                  "lost_test_since_lock": m.lost_test, "locked_since": m.created},
@@ -100,6 +103,12 @@ def print_overview(s: dict, out=None) -> None:
     print(f"{'all':<{w}}  {len(s['duplicate_groups']):>6} {s['files_in_duplicate_groups']:>6}  "
           f"{len(s['exact_duplicate_sets']):>20} {sum(len(g) for g in s['exact_duplicate_sets']):>6}", file=out)
     print(f"groups straddling splits: {s['groups_straddling_splits']} (each group is assigned to one split)", file=out)
+    if len(s["collections"]) > 1:
+        print("collections: " + ", ".join(f"{k} {v}" for k, v in s["collections"].items())
+              + f"; {s['groups_across_collections']} group(s) span two or more of them", file=out)
+    if s["held_out_origins"]:
+        print(f"held out (never trained or validated on, scored at the end): {', '.join(s['held_out_origins'])}",
+              file=out)
     if s["groups_with_mixed_labels"]:
         print(f"WARNING: {len(s['groups_with_mixed_labels'])} group(s) hold the same film under different labels:",
               file=out)

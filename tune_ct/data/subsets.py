@@ -18,13 +18,15 @@ from tune_ct.data.workdir import WorkFolder
 SUBSET_VERSION = 1
 
 
-def write_subset(path: Path, data_root: Path, entries, manifest_hash: str) -> dict:
-    """Write atomically: a reader sees the old list or the new one, never half a file."""
+def write_subset(path: Path, data_root: Path, entries, manifest_hash: str, file_of=None,
+                 split: str | None = None) -> dict:
+    """Write atomically: a reader sees the old list or the new one, never half a file. `file_of(entry)`: the path
+    to list (default entry.file, under data_root); `split`: one split name for every film instead of theirs."""
     subset = {
         "version": SUBSET_VERSION,
         "data_root": str(data_root),
         "manifest_hash": manifest_hash,
-        "files": [[e.file, e.label, e.split, e.sha] for e in entries],
+        "files": [[file_of(e) if file_of else e.file, e.label, split or e.split, e.sha] for e in entries],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -65,5 +67,18 @@ def write_split_subset(manifest: Manifest, data_root: Path, work: WorkFolder, li
     """The file list of some splits of the (sampled) manifest, optionally filtered by `keep(entry)`."""
     entries = [e for e in sample(manifest, limit, seed) if e.split in splits and (keep is None or keep(e))]
     path = subset_path(work, manifest.hash, limit, seed, part)
-    write_subset(path, data_root, entries, manifest.hash)
+    write_subset(path, data_root, entries, manifest.hash, manifest.film_path)
+    return path, entries
+
+
+HELD_OUT_SPLIT = "holdout"
+
+
+def write_held_out_subset(manifest: Manifest, data_root: Path, work: WorkFolder, seed: int,
+                          held_out: tuple[str, ...]) -> tuple[Path, list[Entry]]:
+    """Every film of the held-out origins, whatever its split (no trial saw any of them), as one scoring set; not
+    sampled by --limit-per-class (the trials' sample): an origin is scored whole."""
+    entries = [e for e in manifest.entries if e.origin in held_out]
+    path = subset_path(work, manifest.hash, None, seed, "holdout-" + "-".join(sorted(held_out)))
+    write_subset(path, data_root, entries, manifest.hash, manifest.film_path, HELD_OUT_SPLIT)
     return path, entries

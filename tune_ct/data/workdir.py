@@ -1,7 +1,7 @@
 """The work folder's layout, owned here alone: where manifests, file lists, image caches, lung segmenters and
 downloaded checkpoints live (--workdir, else $TUNE_CT_WORKDIR, else ./.tune_ct).
 
-    manifests/<data folder>.manifest.json   the locked split of a dataset (never deleted by tune_ct)
+    manifests/<data folder>[+<added>...].manifest.json   the locked split of a dataset (never deleted)
     subsets/<hash>[-limitN-seedS].<part>.json   the file lists a stage may read
     cache/<key>/                             uint8 memory-mapped images per (file list, size, preprocessing)
     segmenters/<train/val list>-seed<S>.lungs.pt
@@ -30,8 +30,11 @@ class WorkFolder:
     def cache(self) -> Path:
         return self.root / "cache"
 
-    def manifest(self, data_root: Path) -> Path:
-        return self.root / "manifests" / f"{Path(data_root).name.replace(' ', '_')}.manifest.json"
+    def manifest(self, data_root: Path, added: tuple[str, ...] = ()) -> Path:
+        """The primary folder's manifest; with added collections, one per set of them (its lock taken from the
+        primary's own manifest when it is made)."""
+        name = "+".join((Path(data_root).name, *sorted(added))).replace(" ", "_")
+        return self.root / "manifests" / f"{name}.manifest.json"
 
     def subset(self, name: str) -> Path:
         return self.root / "subsets" / f"{name}.json"

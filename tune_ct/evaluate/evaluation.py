@@ -18,8 +18,8 @@ import torch
 from tune_ct.data.cache import open_or_build
 from tune_ct.data.files import CLASSES
 from tune_ct.data.manifest import Manifest, origin_map
-from tune_ct.data.prepare import DataSettings, Prepared, prepare
-from tune_ct.data.subsets import write_split_subset
+from tune_ct.data.prepare import DataSettings, Prepared, held_out_suffix, prepare
+from tune_ct.data.subsets import HELD_OUT_SPLIT, write_held_out_subset, write_split_subset
 from tune_ct.evaluate.metrics import classification_metrics, majority_baseline_macro_f1, per_class_recall
 from tune_ct.model.checkpoint import CheckpointMeta
 from tune_ct.model.inference import autocast_dtype, predict
@@ -66,11 +66,21 @@ class TestSet:
 
 def locked_split_of(prep: Prepared, settings: DataSettings) -> TestSet:
     """The locked test split of a prepared dataset (the same sample --limit-per-class draws for the search);
-    origins from the manifest, or from a sources CSV when given."""
+    origins from the manifest, or from a sources CSV when given. Held-out origins are not in it: they are
+    scored on their own (held_out_set_of)."""
     subset = write_split_subset(prep.manifest, prep.root, settings.work, settings.limit_per_class, settings.seed,
-                                ("test",), "test")[0]
+                                ("test",), "test" + held_out_suffix(settings.held_out), keep=settings.keeps)[0]
     return TestSet(prep.root, subset, settings.work.cache, origin_map(prep.manifest, settings.sources),
                    manifest=prep.manifest)
+
+
+def held_out_set_of(prep: Prepared, settings: DataSettings) -> TestSet | None:
+    """Every film of the held-out origins (--holdout-origin), all splits: no trial trained or selected on them."""
+    if not settings.held_out:
+        return None
+    subset = write_held_out_subset(prep.manifest, prep.root, settings.work, settings.seed, settings.held_out)[0]
+    return TestSet(prep.root, subset, settings.work.cache, origin_map(prep.manifest, settings.sources),
+                   split=HELD_OUT_SPLIT, manifest=prep.manifest)
 
 
 def locked_test_set(settings: DataSettings) -> TestSet:

@@ -89,6 +89,7 @@ def print_outcome(summary: SearchSummary) -> None:
             f"promote it with `python -m tune_ct.promote --model {summary.registered_model} --version "
             f"{summary.registered_version}`")
     print_result(summary)
+    print_held_out(summary)
     if summary.pareto_front:
         from tune_ct.train.space import Pick
 
@@ -126,6 +127,15 @@ def print_result(summary: SearchSummary) -> None:
         f"MLflow parent run {summary.parent_run_id}")
     if summary.optuna_study:
         say(f"Optuna study {summary.optuna_study}: optuna-dashboard {summary.optuna_storage}")
+
+
+def print_held_out(summary: SearchSummary) -> None:
+    """The held-out origins' figures (each over the classes it has) and the origins' roles."""
+    from tune_ct.search.notes import generalisation_lines
+
+    lines = generalisation_lines(summary)
+    if lines:
+        print("\n" + "\n".join(line for line in lines[1:] if not line.startswith("|---")).replace("**", ""))
 
 
 def print_front(summary: SearchSummary, rule: str) -> None:

@@ -26,3 +26,21 @@ def publish_winner(plan: SearchPlan, parent: ParentRun, tested: BestModel, clien
 
     return publish_best(client, parent.run_id, tested, plan.data, plan.options.register_name,
                         seed=plan.options.data.seed)
+
+
+def score_held_out_films(plan: SearchPlan, tested: BestModel) -> dict | None:
+    """The winner on the held-out origins' films (--holdout-origin), once; None when none were held out."""
+    from tune_ct.evaluate.evaluation import held_out_set_of
+    from tune_ct.evaluate.held_out import score_held_out
+
+    films = held_out_set_of(plan.data, plan.options.data)
+    if films is None:
+        return None
+    return score_held_out(tested.model, tested.meta, films, seed=plan.options.data.seed)
+
+
+def origin_roles(plan: SearchPlan) -> dict:
+    """Which origins the search trained on, selected on and held out: no figure is reported on the first two."""
+    selected = sorted({e.origin if e.origin != "unknown" else plan.select_on.films.name
+                       for e in plan.select_on.films.entries}) if plan.select_on else []
+    return {"trained_on": plan.data.trained_on(), "selected_on": selected, "held_out": sorted(plan.data.held_out)}

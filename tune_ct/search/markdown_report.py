@@ -302,11 +302,20 @@ def write_report(client, parent, out: Path) -> Path:
     lines += pareto_section(client, pid, summary, out)
     named = (summary.registered_model, str(summary.registered_version)) \
         if summary is not None and summary.registered_version is not None else None
-    lines += test_section(ev) + focus_section(focus) + external_section(client, pid, named)
+    lines += test_section(ev) + generalisation_section(summary) + focus_section(focus)
+    lines += external_section(client, pid, named)
     lines += answers(ev, focus)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def generalisation_section(summary: SearchSummary | None) -> list[str]:
+    """Internal and held-out origins side by side (searches with --holdout-origin or --select-on)."""
+    from tune_ct.search.notes import generalisation_lines
+
+    lines = generalisation_lines(summary) if summary is not None else []
+    return ["## Other hospitals: held-out origins beside the locked test split", *lines[1:], ""] if lines else []
 
 
 def pareto_section(client, run_id: str, summary: SearchSummary | None, out: Path) -> list[str]:

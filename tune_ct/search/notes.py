@@ -43,6 +43,39 @@ def front_lines(summary: SearchSummary) -> list[str]:
     return lines
 
 
+def _ci(ci) -> str:
+    return f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def _recalls(recall: dict) -> str:
+    return ", ".join(f"{c} {v:.2f}" for c, v in recall.items())
+
+
+def generalisation_lines(summary: SearchSummary) -> list[str]:
+    """The locked test split and the held-out origins side by side, each with its 95% CI, and which origins were
+    trained and selected on (no figure is reported on those)."""
+    roles = summary.origins or {}
+    if not roles.get("held_out") and not roles.get("selected_on"):
+        return []
+    test = summary.test_metrics
+    lines = ["", "**Internal and held-out figures** (macro-F1 over the classes each set has, 95% bootstrap CI)", "",
+             "| films | role | n | classes | macro-F1 (95% CI) | recall per class |", "|---|---|---|---|---|---|",
+             f"| locked test split | internal: origins trained on | {test['n']} | all four | {test['macro_f1']:.3f}"
+             f"{_ci(summary.test_ci95.get('macro_f1'))} | {_recalls(test['per_class_recall'])} |"]
+    held = summary.held_out or {}
+    for origin, fig in held.get("per_origin", {}).items():
+        lines.append(f"| {origin} | held out | {fig['n']} | {', '.join(fig['classes'])} | {fig['macro_f1']:.3f}"
+                     f"{_ci(fig['macro_f1_ci95'])} | {_recalls(fig['per_class_recall'])} |")
+    if len(held.get("per_origin", {})) > 1:
+        fig = held["pooled"]
+        lines.append(f"| all held out | held out | {fig['n']} | {', '.join(fig['classes'])} | {fig['macro_f1']:.3f}"
+                     f"{_ci(fig['macro_f1_ci95'])} | {_recalls(fig['per_class_recall'])} |")
+    lines += ["", f"Trained on: {', '.join(roles.get('trained_on', [])) or '-'}; selected on: "
+              f"{', '.join(roles.get('selected_on', [])) or '- (val split)'} (no figure reported on it); held out: "
+              f"{', '.join(roles.get('held_out', [])) or '-'}."]
+    return lines
+
+
 def search_note(summary: SearchSummary, tracking_uri: str) -> str:
     """The parent run's description: the winner, its figures with their splits named, and where everything is."""
     choice = summary.selection
@@ -50,6 +83,7 @@ def search_note(summary: SearchSummary, tracking_uri: str) -> str:
              f"Chosen on **{choice['metric']}** ({choice['split']}: {_value(choice['value'])}); the **locked test** "
              "split was used once, for this model only.", ""]
     lines += figures_table(summary.val_metrics, summary.test_metrics)
+    lines += generalisation_lines(summary)
     lines += ["", "**Best configuration**", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {k} | `{v}` |" for k, v in sorted(summary.best_config.items())]
     lines += front_lines(summary)

@@ -61,7 +61,7 @@ def search_on_ray(plan: SearchPlan, client, started: float) -> Finished:
 def search_and_publish(plan: SearchPlan, client, parent: ParentRun, handlers: StopHandlers,
                        started: float) -> Finished:
     """Run the trials, then test and register the winner; the parent run ends FINISHED, FAILED or KILLED."""
-    from tune_ct.search.final_test import publish_winner, score_winner
+    from tune_ct.search.final_test import publish_winner, score_held_out_films, score_winner
     from tune_ct.search.record import log_start_extras, record
     from tune_ct.search.results import read_results
     from tune_ct.search.trials import build_caches, run_trials
@@ -76,8 +76,9 @@ def search_and_publish(plan: SearchPlan, client, parent: ParentRun, handlers: St
         outcome = read_results(plan, trials, client, parent)
         with handlers.deferred():
             tested = score_winner(plan, outcome.best)
+            held_out = score_held_out_films(plan, tested)
             published = publish_winner(plan, parent, tested, client)
-            summary = summarize(plan, parent, trials, outcome, tested, published, started)
+            summary = summarize(plan, parent, trials, outcome, tested, published, started, held_out)
             logged = record(summary, plan, client, parent)
         status = "FINISHED"
         return Finished(summary, logged, handlers.held)
@@ -114,7 +115,8 @@ def selection_of(plan: SearchPlan, outcome: Outcome) -> dict:
 
 
 def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: Outcome, tested: BestModel,
-                  published: Published, started: float) -> SearchSummary:
+              published: Published, started: float, held_out: dict | None = None) -> SearchSummary:
+    from tune_ct.search.final_test import origin_roles
     from tune_ct.train.pareto import front_summary
 
     best, tracker, data = outcome.best, trials.tracker, plan.data
@@ -136,7 +138,7 @@ def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: O
         select_on=None if ext is None else {"name": ext.name, "root": str(ext.root), "hash": ext.content_hash,
                                             "n": len(ext.entries), "classes": ext.classes_present},
         sampler=dataclasses.asdict(plan.sampler), warm_start=plan.warm_start.as_dict() if plan.warm_start else None,
-        best_costs=best.costs, orphan_child_runs=list(outcome.orphans),
+        best_costs=best.costs, origins=origin_roles(plan), held_out=held_out, orphan_child_runs=list(outcome.orphans),
         best_model_id=outcome.trial_models.get(best.trial_id), trial_models=list(outcome.ranked_models), time_budget_s=tracker.time_budget_s,
         stopped_by_time_budget=list(tracker.stopped_by_time_budget), tracking_delayed_calls=tracker.delayed,
         tracking_unlogged=list(tracker.unlogged),

@@ -83,6 +83,8 @@ def plan_search(options: SearchOptions, space: Space, data: Prepared, client) ->
     experiment_id = open_experiment(client, options.experiment, options.tracking_uri)
     name, parent_id = name_and_parent(options, client, experiment_id)
     select_on = prepare_selection(options, space)
+    if select_on is not None:
+        check_selection_apart(select_on.films, data)
     study = plan_study(options, space, name, client, parent_id)  # a storage that does not open fails here
     warm = start_study(options, space, name, study, study_identity(options, space, data, select_on)) \
         if study and parent_id is None else None
@@ -118,7 +120,8 @@ def study_identity(options: SearchOptions, space: Space, data: Prepared, select_
     same identity searched the same data for the same metric."""
     return {"tune_ct.manifest_hash": data.manifest.hash, "tune_ct.limit_per_class": options.data.limit_per_class,
             "tune_ct.seed": options.data.seed, "tune_ct.objectives": [list(o) for o in space.objectives],
-            "tune_ct.select_on_hash": select_on.films.content_hash if select_on else None}
+            "tune_ct.select_on_hash": select_on.films.content_hash if select_on else None,
+            "tune_ct.held_out": sorted(data.held_out)}
 
 
 def check_selection_metric(space: Space, options: SearchOptions) -> None:
@@ -229,6 +232,23 @@ def prepare_selection(options: SearchOptions, space: Space) -> SelectOn | None:
     write_subset(subset, films.root, films.entries, films.content_hash)
     announce_selection(films, space.metric)
     return SelectOn(films, subset, options.select_on_labels)
+
+
+def check_selection_apart(films: ExternalSet, data: Prepared) -> None:
+    """The select-on films share none with the films trials train on, nor with the held-out origins (a set is
+    trained on, selected on or reported on, never two of these)."""
+    from tune_ct.data.files import DataError
+
+    chosen = {e.sha for e in films.entries}
+    trained = [e for e in data.trainval_entries if e.sha in chosen]
+    held = [e for e in data.manifest.entries if e.origin in data.held_out and e.sha in chosen]
+    for shared, role, fix in ((trained, "trained on", "leave that collection or origin out of --data, or hold it "
+                               "out with --holdout-origin and select on another"),
+                              (held, "held out (--holdout-origin) to be reported on", "select on other films")):
+        if shared:
+            origins = ", ".join(sorted({e.origin for e in shared}))
+            raise DataError(f"--select-on {films.root}: {len(shared)} of its films are {role} (origin(s) {origins}, "
+                            f"e.g. {shared[0].key}): {fix}")
 
 
 def prepare_segmenter(space: Space, data: Prepared, settings: DataSettings) -> Segmenter | None:

@@ -19,7 +19,14 @@ SUMMARY_FILE = "summary.json"
 
 
 def log_start_extras(plan: SearchPlan, client, parent: ParentRun) -> None:
-    """The lung segmenter's held-out Dice and report, on a new parent run."""
+    """Which origins are trained on, selected on and held out; the lung segmenter's held-out Dice and report, on a
+    new parent run."""
+    from mlflow.entities import RunTag
+
+    from tune_ct.search.final_test import origin_roles
+
+    client.log_batch(parent.run_id, tags=[RunTag(tags.ORIGINS + role, ",".join(names) or "-")
+                                          for role, names in origin_roles(plan).items()])
     if plan.segmenter is None or plan.resumed_parent_id:
         return
     from tune_ct.track.runs import log_json
@@ -40,6 +47,7 @@ def record(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) 
         log_front(summary, plan, client, parent)
         log_test_input(summary, plan, client, parent)
         log_test_figures(summary, plan, client)
+        log_held_out(summary, client, parent)
         log_study_plots(plan, client, parent)
         describe(summary, plan, client, parent)
         log_json(client, parent.run_id, summary.to_dict(), SUMMARY_FILE)
@@ -116,6 +124,20 @@ def log_test_figures(summary: SearchSummary, plan: SearchPlan, client) -> None:
     if summary.best_model_id and summary.registered_version is not None:
         link_registered(client, registered_id, summary.best_model_id, summary.registered_model,
                         str(summary.registered_version))
+
+
+def log_held_out(summary: SearchSummary, client, parent: ParentRun) -> None:
+    """The held-out origins' figures on the parent run: pooled, and macro-F1 and recall per origin."""
+    if not summary.held_out:
+        return
+    from tune_ct.evaluate.metrics import metric_key
+
+    pooled, p = summary.held_out["pooled"], tags.HELD_OUT_PREFIX
+    metrics = {f"{p}macro_f1": pooled["macro_f1"], f"{p}n": pooled["n"]}
+    for origin, fig in summary.held_out["per_origin"].items():
+        metrics[f"{p}{origin}_macro_f1"] = fig["macro_f1"]
+        metrics.update({f"{p}{origin}_recall_{metric_key(c)}": r for c, r in fig["per_class_recall"].items()})
+    parent_run.log_figures(client, parent.run_id, metrics)
 
 
 def test_split_input(summary: SearchSummary, plan: SearchPlan):

@@ -50,6 +50,10 @@ class SearchSummary:
     sampler: dict | None = None  # {kind, n_startup_trials, why}: the Optuna sampler and why it was chosen
     warm_start: dict | None = None  # {studies, imported, skipped, refused}: what --warm-start brought in
     best_costs: dict | None = None
+    # Which origins were trained on, selected on and held out ({trained_on, selected_on, held_out}: lists).
+    origins: dict | None = None
+    # The held-out origins' films, scored once by the winner: {split, pooled, per_origin} (evaluate/held_out.py).
+    held_out: dict | None = None
     best_model_id: str | None = None  # the winner's trial model (an MLflow LoggedModel; its weights in the storage)
     trial_models: list = field(default_factory=list)  # every trial's model, best first on the search metric
     orphan_child_runs: list = field(default_factory=list)
