@@ -25,6 +25,9 @@ class Augment:
     brightness: float = 0.0  # additive shift uniform in [-b, +b] (images in [0, 1])
     contrast: float = 0.0  # factor uniform in [1 - c, 1 + c] around the image mean
     hflip: bool = False
+    gamma: float = 0.0  # x ** exp(u), u uniform in [-g, g]: another detector's or processing's tone curve
+    blur: float = 0.0  # x + a * (blur(x) - x), a uniform in [-b, b]: softer (a > 0) or sharpened (a < 0) films
+    noise: float = 0.0  # Gaussian noise with a standard deviation uniform in [0, n]: quantum noise, low dose
 
     @property
     def geometric(self) -> bool:
@@ -61,9 +64,32 @@ def augment(batch: torch.Tensor, aug: Augment, generator: torch.Generator | None
         theta = torch.stack([torch.stack([cos * w, -sin * h, tx], 1), torch.stack([sin * w, cos * h, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = acquisition(x, aug, uniform, generator)
     if aug.contrast > 0:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * uniform(1 - aug.contrast, 1 + aug.contrast).view(n, 1, 1, 1) + mean
     if aug.brightness > 0:
         x = x + uniform(-aug.brightness, aug.brightness).view(n, 1, 1, 1)
     return (x.clamp(0.0, 1.0) - MEAN) / STD
+
+
+def _gaussian_kernel(device: torch.device, sigma: float = 1.0, radius: int = 2) -> torch.Tensor:
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, 2 * radius + 1, 2 * radius + 1)
+
+
+def acquisition(x: torch.Tensor, aug: Augment, uniform, generator: torch.Generator | None) -> torch.Tensor:
+    """Tone curve, blur or sharpening, and noise, each drawn per film: what another hospital's detector and
+    processing change while the anatomy stays (x: float (B, 1, H, W) in [0, 1])."""
+    n = x.shape[0]
+    if aug.gamma > 0:
+        x = x.clamp(1e-6, 1.0) ** torch.exp(uniform(-aug.gamma, aug.gamma)).view(n, 1, 1, 1)
+    if aug.blur > 0:
+        blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), _gaussian_kernel(x.device))
+        x = x + uniform(-aug.blur, aug.blur).view(n, 1, 1, 1) * (blurred - x)
+    if aug.noise > 0:
+        noise = torch.randn(x.shape, generator=generator, device=x.device)
+        x = x + noise * uniform(0.0, aug.noise).view(n, 1, 1, 1)
+    return x

@@ -66,9 +66,11 @@ def is_known_backbone(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
-def build_model(backbone: str, image_size: int, weights: str | None = None, pretrained: bool = False) -> nn.Module:
+def build_model(backbone: str, image_size: int, weights: str | None = None, pretrained: bool = False,
+                film_norm: str = "none") -> nn.Module:
     """A fresh model; `weights` is a local file (timm/torch state dict, a tune_ct checkpoint, or .safetensors) and
-    wins over `pretrained` (timm's weights for the backbone, from the Hugging Face cache or hub)."""
+    wins over `pretrained` (timm's weights for the backbone, from the Hugging Face cache or hub). `film_norm`:
+    per-film standardisation at the start of its forward (standardise_films)."""
     if not timm.is_model(backbone):
         raise ValueError(f"unknown backbone {backbone!r}: use {BASELINE} or a timm model name (timm.list_models())")
     # input_size sets the image size (baseline_cnn's dense layer depends on it); its channel count is the
@@ -80,8 +82,42 @@ def build_model(backbone: str, image_size: int, weights: str | None = None, pret
         # weights; the overlay points it at the local file so it never reaches for a model hub.
         overlay.update({"file": str(_existing(weights)), "hf_hub_id": None, "url": None})
     # A backbone without published weights (baseline_cnn) trains from scratch: timm warns and initialises it.
-    return timm.create_model(backbone, pretrained=bool(weights) or pretrained, in_chans=1, num_classes=len(CLASSES),
-                             pretrained_cfg_overlay=overlay)
+    model = timm.create_model(backbone, pretrained=bool(weights) or pretrained, in_chans=1,
+                              num_classes=len(CLASSES), pretrained_cfg_overlay=overlay)
+    return standardise_films(model, film_norm)
+
+
+PERCENTILES = (0.01, 0.99)
+
+
+def _zscore(_module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+    return ((x - mean) / std, *args[1:])
+
+
+def _percentile(_module: nn.Module, args: tuple) -> tuple:
+    x = args[0]
+    flat = x.flatten(1).sort(dim=1).values  # a sort, not torch.quantile: the ONNX exporter has no quantile
+    n = flat.shape[1]
+    low = flat[:, int(PERCENTILES[0] * (n - 1))].view(-1, 1, 1, 1)
+    high = flat[:, int(PERCENTILES[1] * (n - 1))].view(-1, 1, 1, 1)
+    scaled = (x - low) / (high - low).clamp_min(1e-3)  # 1st-99th percentile -> 0..1, as films in [0, 1] are
+    return (((scaled - 0.5) / 0.25), *args[1:])
+
+
+def standardise_films(model: nn.Module, how: str) -> nn.Module:
+    """Each film standardised on its own before the network sees it (a forward pre-hook, so the network keeps
+    its timm attributes and state dict): zscore (zero mean, unit spread) or percentile (its 1st-99th percentile
+    mapped to the range a film of the training set spans). Exposure and window differences between hospitals are
+    then gone before the first layer; brightness and contrast augmentation then change nothing."""
+    hooks = {"none": None, "zscore": _zscore, "percentile": _percentile}
+    if how not in hooks:
+        raise ValueError(f"film_norm must be one of {', '.join(hooks)}, got {how!r}")
+    if hooks[how] is not None:
+        model.register_forward_pre_hook(hooks[how])
+    return model
 
 
 def _source_channels(backbone: str) -> int:

@@ -17,6 +17,9 @@ import numpy as np
 from tune_ct.data.cache import PerFilm
 
 EQUALIZE = ("none", "hist", "clahe")
+# Per-film intensity standardisation, done inside the network's forward (tune_ct.model.networks.standardise_films)
+# rather than in the cache: it is a function of the film alone and must follow the model wherever it goes.
+FILM_NORMS = ("none", "zscore", "percentile")
 # CLAHE as usually applied to chest films: 8x8 tiles, contrast limited at 2x the mean histogram bin.
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
 

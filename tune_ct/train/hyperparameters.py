@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from tune_ct.model.preprocess import EQUALIZE
+from tune_ct.model.preprocess import EQUALIZE, FILM_NORMS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -34,6 +34,16 @@ class Hyperparameters:
     aug_brightness: float = 0.0
     aug_contrast: float = 0.0
     aug_hflip: bool = False  # off: laterality matters on a chest film (tune_ct.model.augment)
+    # Acquisition and intensity augmentation (another hospital's exposure, detector and processing):
+    aug_gamma: float = 0.0  # gamma = exp(u), u uniform in [-g, g]
+    aug_blur: float = 0.0  # blend towards a blurred copy (> 0) or away from it, i.e. sharpen (< 0), up to this
+    aug_noise: float = 0.0  # Gaussian noise, standard deviation uniform in [0, n] (films in [0, 1])
+    # Per-film intensity standardisation inside the network's forward (so evaluation, Grad-CAM, predict, ONNX
+    # and the served model all apply it): none | zscore | percentile (tune_ct.model.networks.standardise_films).
+    film_norm: str = "none"
+    # BatchNorm statistics recomputed on clean training films after each epoch, before the val (and select-on)
+    # metrics are taken: the figures the search sees are those of the model it keeps.
+    bn_recalibrate: bool = False
     precision: str = "auto"  # auto: bf16 autocast where the CPU or GPU runs it fast, else fp32
     # Film preprocessing, applied before resizing and cached like the images (the cache key includes it).
     equalize: str = "none"
@@ -55,7 +65,8 @@ class Hyperparameters:
         from tune_ct.model.augment import Augment  # torch: only where a trial runs
 
         return Augment(rotation_deg=self.aug_rotation_deg, crop_scale_min=self.aug_crop_scale_min,
-                       brightness=self.aug_brightness, contrast=self.aug_contrast, hflip=self.aug_hflip)
+                       brightness=self.aug_brightness, contrast=self.aug_contrast, hflip=self.aug_hflip,
+                       gamma=self.aug_gamma, blur=self.aug_blur, noise=self.aug_noise)
 
 
 NAMES = tuple(f.name for f in fields(Hyperparameters))
@@ -67,9 +78,9 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "image_size": (32, 1024), "lr": (1e-7, 1.0), "weight_decay": (0.0, 1.0), "batch_size": (2, 4096),
     "epochs": (1, 1000), "warmup_epochs": (0.0, 100.0), "label_smoothing": (0.0, 0.5),
     "aug_rotation_deg": (0.0, 45.0), "aug_crop_scale_min": (0.05, 1.0), "aug_brightness": (0.0, 0.5),
-    "aug_contrast": (0.0, 0.9),
+    "aug_contrast": (0.0, 0.9), "aug_gamma": (0.0, 1.0), "aug_blur": (0.0, 1.0), "aug_noise": (0.0, 0.2),
 }
-CHOICES = {"precision": PRECISIONS, "equalize": EQUALIZE}
+CHOICES = {"precision": PRECISIONS, "equalize": EQUALIZE, "film_norm": FILM_NORMS}
 
 
 class HyperparameterError(ValueError):

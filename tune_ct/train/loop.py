@@ -155,7 +155,7 @@ def setup_training(hp: Hyperparameters, settings: TrialSettings, ctx: LoopContex
     train_idx, val_idx = data.indices("train"), data.indices("val")
 
     torch.manual_seed(settings.seed)
-    model = build_model(hp.backbone, hp.image_size, settings.weights.get(hp.backbone), hp.pretrained)
+    model = build_model(hp.backbone, hp.image_size, settings.weights.get(hp.backbone), hp.pretrained, hp.film_norm)
     model = ctx.prepare_model(model.to(memory_format=torch.channels_last))
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     steps = steps_per_epoch(len(train_idx) // ctx.world_size, hp.batch_size)  # each rank's equal shard
@@ -215,6 +215,8 @@ def run_epoch(training: Training, settings: TrialSettings, ctx: LoopContext, epo
         ctx.device, training.dtype, training.class_weight, hp.label_smoothing)
     train_seconds = time.perf_counter() - t
     t = time.perf_counter()
+    if hp.bn_recalibrate:
+        recalibrate_batchnorm(training, ctx, settings.seed)
     metrics = validate(training, ctx, hp.batch_size)
     metrics.update({
         "epoch": epoch + 1,
@@ -229,6 +231,35 @@ def run_epoch(training: Training, settings: TrialSettings, ctx: LoopContext, epo
         "device": ctx.device.type,
     })
     return metrics
+
+
+RECALIBRATION_FILMS = 2048  # clean training films the BatchNorm statistics are recomputed on, at most
+
+
+def recalibrate_batchnorm(training: Training, ctx: LoopContext, seed: int) -> bool:
+    """BatchNorm running statistics recomputed on clean (not augmented) training films, as an equal-weight average
+    over them, so that the model validated and kept normalises films as they come, not as augmentation made
+    them. Every rank runs the same films, so every rank validates and keeps the same statistics (validation runs
+    the bare module on each rank's shard). Returns False for a network without BatchNorm."""
+    from tune_ct.model.augment import to_model_input
+
+    model = getattr(training.model, "module", training.model)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    rows = np.random.default_rng(seed).permutation(training.train_idx)[:RECALIBRATION_FILMS]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: every batch counts the same
+    model.train()
+    with torch.no_grad(), torch.autocast(ctx.device.type, dtype=training.dtype, enabled=training.dtype is not None):
+        for batch in batches(rows, max(training.hp.batch_size, 64), drop_last=False):
+            x = to_device(torch.from_numpy(np.asarray(training.data.pixels[batch])), ctx.device)
+            model(to_model_input(x).contiguous(memory_format=torch.channels_last))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return True
 
 
 SPEED_FILMS = 8  # the fixed batch of val films cpu_ms_per_film is timed on
