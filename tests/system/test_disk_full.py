@@ -90,3 +90,28 @@ def test_a_full_tune_storage_stops_the_search_at_the_first_checkpoint(tmp_path, 
                                "--name", "full")
         check_clean_stop(proc, tmp_path, ray_dir, storage)
         assert "--resume --name full" in proc.stderr
+
+
+@pytest.mark.timeout(900)
+def test_a_full_mlflow_artifact_store_stops_the_search_and_resume_finishes_it(tmp_path, data_dir):
+    """The experiment's artifact store (a tmpfs with 8 KB left) fills when the first trial's run is closed with
+    its confusion matrix: the run is still closed, the search stops with the store named; once space is freed,
+    --resume tests and registers the winner without training again."""
+    data = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=20)
+    with small_tmpfs(tmp_path / "artifacts", "4m") as store:
+        ballast = store / "ballast"
+        ballast.write_bytes(b"\0" * (4 * 2**20 - 8 * 2**10))
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        client.create_experiment("full", artifact_location=str(store))
+        proc, ray_dir = search(tmp_path, data, SPACES / "tiny.yaml", "--num-samples", "2", "--name", "full",
+                               "--storage", str(tmp_path / "ray_results"))
+        check_clean_stop(proc, tmp_path, ray_dir, store)
+        assert "MLflow could not store a trial's records" in proc.stderr and "--resume --name full" in proc.stderr
+        ballast.unlink()
+        proc, ray_dir = search(tmp_path, data, SPACES / "tiny.yaml", "--num-samples", "2", "--name", "full",
+                               "--storage", str(tmp_path / "ray_results"), "--resume")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert client.get_registered_model("cxr-classifier").latest_versions
+        runs = client.search_runs([client.get_experiment_by_name("full").experiment_id])
+        assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+        shutil.rmtree(ray_dir, ignore_errors=True)

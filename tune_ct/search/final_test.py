@@ -22,10 +22,47 @@ def score_winner(plan: SearchPlan, best: BestTrial) -> BestModel:
 
 
 def publish_winner(plan: SearchPlan, parent: ParentRun, tested: BestModel, client) -> Published:
+    """The winner's report, Grad-CAM and registered version; a full MLflow artifact store stops the search with a
+    DiskFullError (the model half-logged marked FAILED and its files removed, nothing registered)."""
     from tune_ct.registry.publish import publish_best
+    from tune_ct.track.tracker import is_disk_full
 
-    return publish_best(client, parent.run_id, tested, plan.data, plan.options.register_name,
-                        seed=plan.options.data.seed)
+    try:
+        return publish_best(client, parent.run_id, tested, plan.data, plan.options.register_name,
+                            seed=plan.options.data.seed)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        drop_unfinished_models(client, plan.experiment_id, parent.run_id)
+        raise artifact_store_full(plan, client, tested, exc) from None
+
+
+def artifact_store_full(plan: SearchPlan, client, tested: BestModel, exc: Exception):
+    from tune_ct.data.cache import DiskFullError
+
+    weights = sum(p.numel() * p.element_size() for p in tested.model.parameters())
+    need = 2 * weights / 2**20 + 2  # the weights, their ONNX export, and a few MiB of figures and reports
+    store = client.get_experiment(plan.experiment_id).artifact_location
+    return DiskFullError(
+        f"the MLflow artifact store ({store}) is full: registering the winner needs about {need:.0f} MiB there "
+        f"({str(exc).strip().splitlines()[0][:200]}); nothing was registered. free space there (or give the tracking "
+        f"server a larger artifact store), then run the same command with --resume --name {plan.name}: the trials "
+        "are not run again, the winner is tested and registered")
+
+
+def drop_unfinished_models(client, experiment_id: str, run_id: str) -> None:
+    """Logged models of the run that never became READY: marked FAILED, their local files removed."""
+    import contextlib
+    import shutil
+
+    from mlflow.entities import LoggedModelStatus
+
+    with contextlib.suppress(Exception):  # best effort: the store that failed may fail again
+        for model in client.search_logged_models(experiment_ids=[experiment_id]):
+            if model.source_run_id == run_id and model.status != LoggedModelStatus.READY:
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+                if str(model.artifact_location).startswith(("file://", "/")):
+                    shutil.rmtree(str(model.artifact_location).removeprefix("file://"), ignore_errors=True)
 
 
 def score_held_out_films(plan: SearchPlan, tested: BestModel) -> dict | None:

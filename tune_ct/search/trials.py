@@ -132,14 +132,20 @@ def trial_settings(plan: SearchPlan) -> TrialSettings:
     )
 
 
-def disk_full_error(plan: SearchPlan, detail: str):
+def disk_full_error(plan: SearchPlan, detail: str, where: str = "storage", client=None):
+    """The search stops: which disk is full, and what to do."""
     from tune_ct.data.cache import DiskFullError
 
+    resume = f"then finish the search with --resume --name {plan.name}"
+    if where == "artifacts":
+        store = client.get_experiment(plan.experiment_id).artifact_location if client else "the artifact store"
+        return DiskFullError(
+            f"MLflow could not store a trial's records: {detail}. The MLflow artifact store ({store}) is full: free "
+            f"space there (or give the experiment, or the tracking server, a larger artifact store), {resume}")
     return DiskFullError(
         f"a trial could not write its checkpoint: {detail}. Checkpoints go to the Tune storage "
         f"({plan.options.storage}; --storage) through the trial's temporary folder ($TMPDIR); free space on the "
-        f"full one (`python -m tune_ct.clean` lists what tune_ct keeps) or point --storage at a larger disk, then "
-        f"finish the search with --resume --name {plan.name}")
+        f"full one (`python -m tune_ct.clean` lists what tune_ct keeps) or point --storage at a larger disk, {resume}")
 
 
 def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
@@ -173,7 +179,7 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
             results = list(tuner.fit())
         except Exception:
             if tracker.disk_full:  # raised by the tracker: say which disk and what to do, not Tune's traceback
-                raise disk_full_error(plan, tracker.disk_full) from None
+                raise disk_full_error(plan, tracker.disk_full, tracker.disk_full_where, tracker.client) from None
             raise
     del sink  # held until here: Ray ends an actor no handle refers to
     if handlers.requested is not None:

@@ -74,6 +74,8 @@ class TrialTracker(Callback):
         self._last_failure = 0.0
         self.interrupted = False  # told to stop by a signal: the trials still running are closed KILLED after
         self.disk_full: str | None = None  # a trial's error said its disk was full (ENOSPC): the search stops
+        self.disk_full_where = "storage"  # which disk: the Tune storage (checkpoints) or MLflow's "artifacts"
+        self.artifacts_full: str | None = None  # a run's artifacts did not fit in the MLflow artifact store
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks with the experiment; clients and queued closures stay behind.
@@ -85,6 +87,8 @@ class TrialTracker(Callback):
         # A search started by an older tune_ct pickled a tracker without the newer attributes.
         self.__dict__.update({"inputs": (), "system_metrics_of": None, "_system_steps": {}, "_last_drain": 0.0,
                               "closed": set(), "epochs_rerun": {}, **state, "interrupted": False,
+                              # a resumed search tries the disks again
+                              "disk_full": None, "disk_full_where": "storage", "artifacts_full": None,
                               "_epochs": {}})  # re-read from MLflow: the snapshot may predate the last epochs
 
     def interrupt(self) -> None:
@@ -267,15 +271,34 @@ class TrialTracker(Callback):
     def _close_now(self, trial, result: dict, status: str, run_tags: dict[str, str]) -> None:
         run_id = self.run_id(trial)
         matrix = result.get("val_confusion_matrix")
-        if matrix:
-            with tempfile.TemporaryDirectory() as tmp:
-                epoch = result.get("epoch", "?")
-                plot_confusion_matrix(matrix, Path(tmp) / "val_confusion_matrix.png",
-                                      f"val split, epoch {epoch}, trial {trial.trial_id}")
-                (Path(tmp) / "val_confusion_matrix.json").write_text(json.dumps({"epoch": epoch, "matrix": matrix}))
-                self.client.log_artifacts(run_id, tmp)
+        try:
+            if matrix:
+                self._log_matrix(run_id, trial.trial_id, result.get("epoch", "?"), matrix)
+        except Exception as exc:  # a full artifact store must not leave the run RUNNING: it is closed below
+            if not is_disk_full(exc):
+                raise
+            self.artifacts_full = self.artifacts_full or _first_line(exc)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
         self.client.set_terminated(run_id, status)
+
+    def _log_matrix(self, run_id: str, trial_id: str, epoch, matrix) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            plot_confusion_matrix(matrix, Path(tmp) / "val_confusion_matrix.png",
+                                  f"val split, epoch {epoch}, trial {trial_id}")
+            (Path(tmp) / "val_confusion_matrix.json").write_text(json.dumps({"epoch": epoch, "matrix": matrix}))
+            self.client.log_artifacts(run_id, tmp)
+
+    def _stop_if_artifacts_full(self) -> None:
+        """The MLflow artifact store is full: every next trial's records would be lost too, so the search stops,
+        the run just closed being closed properly. Raised at Tune's next step: an error in on_trial_complete is
+        caught by Tune ("Error stopping trial"), one in on_step_begin ends its loop."""
+        full = self.artifacts_full
+        if full and self.disk_full is None:
+            self.disk_full, self.disk_full_where = full, "artifacts"
+            raise OSError(errno.ENOSPC, f"MLflow artifact store: {full}")
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._stop_if_artifacts_full()
 
     def setup(self, **info):
         self._started = time.monotonic()  # the search's time budget counts from here (also on --resume)
@@ -295,6 +318,7 @@ class TrialTracker(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = error_text(trial)[:5000]
         self._close(trial, RunStatus.to_string(RunStatus.FAILED), {tags.ERROR: reason})
+        self._stop_if_artifacts_full()
         full = DISK_FULL in reason or storage_nearly_full(self.__dict__.get("storage_path"))
         if full and self.disk_full is None:
             # Every next trial would fail the same way: stop the search (an error in a callback ends Tune's loop).
@@ -321,6 +345,21 @@ def error_text(trial) -> str:
 
 
 NEARLY_FULL_BYTES = 64 * 2**20  # less than this free where checkpoints go: the next one will not fit either
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is a full disk (ENOSPC; a server says it in its text)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) == errno.ENOSPC or DISK_FULL in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def storage_nearly_full(storage: str | None) -> bool:
