@@ -137,6 +137,10 @@ def check_held_out(tmp_path: Path, summary: dict, client, out: str) -> None:
     labels = tmp_path / "openist.csv"
     labels.write_text("file,label,origin\n" + "".join(
         line + "\n" for line in (tmp_path / "ext" / "labels.csv").read_text().splitlines() if "openist" in line))
+    # evaluate, without --data, rebuilds the manifest the search used (its collections and held-out origins).
+    proc = run(tmp_path, "tune_ct.evaluate", "--model", "models:/sel-model/1", "--json", str(tmp_path / "test.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "test.json").read_text())["manifest_hash"] == summary["manifest_hash"]
     proc = run(tmp_path, "tune_ct.search", "--data", str(tmp_path / "data.yaml"), "--space", str(tmp_path / "space.yaml"),
                "--holdout-origin", "openist", "--select-on", str(tmp_path / "ext"), "--select-on-labels", str(labels))
     assert proc.returncode == 2 and "held out (--holdout-origin)" in proc.stderr, proc.stderr[-2000:]

@@ -120,3 +120,16 @@ def test_held_out_origins_reach_no_trial_and_are_scored_whole(tmp_path, data_dir
     assert {row[2] for row in read_subset(path)["files"]} == {HELD_OUT_SPLIT}
     with pytest.raises(DataError, match="origins present: covid-cxnet, hannover-mhh"):
         prepare(DataSettings(primary, settings.work, more=more, held_out=("openlst",)))
+
+
+def test_a_models_data_spec_gives_back_its_collections_and_held_out_origins(tmp_path):
+    from tune_ct.data.collections import data_spec, read_data_spec
+    from tune_ct.data.prepare import as_recorded
+
+    more = (Collection(tmp_path, "ext", labels=tmp_path / "l.csv", origins=("openist",), classes={"h": "Normal"}),)
+    assert data_spec((), ()) is None and read_data_spec(None) == ((), ())
+    assert read_data_spec(data_spec(more, ("covid-cxnet",))) == (more, ("covid-cxnet",))
+    settings = as_recorded(DataSettings(None, WorkFolder(tmp_path)), "/data/dev", data_spec(more, ("covid-cxnet",)))
+    assert (settings.data, settings.more, settings.held_out) == ("/data/dev", more, ("covid-cxnet",))
+    given = DataSettings("/elsewhere", WorkFolder(tmp_path))
+    assert as_recorded(given, "/data/dev", data_spec(more, ())) is given  # --data given: it wins

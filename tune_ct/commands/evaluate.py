@@ -18,7 +18,6 @@ tags `tune_ct.external.<name>.*`, which the promotion gate `min_external_macro_f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_lo
                                      usage_error, write_json)
 from tune_ct.data.external_set import load_external
 from tune_ct.data.files import DataError
-from tune_ct.data.prepare import DataSettings
+from tune_ct.data.prepare import DataSettings, as_recorded
 from tune_ct.evaluate.evaluation import evaluate_on, locked_test_set
 from tune_ct.evaluate.external_score import format_external, score_external
 from tune_ct.evaluate.full_report import format_report, full_report, log_report
@@ -90,7 +89,7 @@ def evaluate(options: EvaluateOptions) -> int:
     if options.external:
         return evaluate_external(options)
     model, loaded = load_model(options.model, options.tracking_uri)
-    test = locked_test_set(dataclasses.replace(options.data, data=options.data.data or loaded.data))
+    test = locked_test_set(as_recorded(options.data, loaded.data, loaded.metadata.get("data_spec")))
     report = full_report(evaluate_on(model, loaded.checkpoint, test), options.bootstrap, options.data.seed)
     report.update({"model": options.model, "manifest_hash": test.manifest.hash, "data": str(test.root)})
     print(format_report(report, f"{options.model} ({loaded.checkpoint.title})"))

@@ -41,6 +41,36 @@ class Collection:
     def keeps(self, origin: str) -> bool:
         return not self.origins or origin in self.origins
 
+    def as_dict(self) -> dict:
+        return {"root": str(self.root), "name": self.name, "labels": str(self.labels) if self.labels else None,
+                "sources": str(self.sources) if self.sources else None, "origins": list(self.origins),
+                "classes": dict(self.classes)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Collection":
+        return cls(Path(raw["root"]), raw["name"], Path(raw["labels"]) if raw.get("labels") else None,
+                   Path(raw["sources"]) if raw.get("sources") else None, tuple(raw.get("origins") or ()),
+                   dict(raw.get("classes") or {}))
+
+
+def data_spec(more: tuple[Collection, ...], held_out: tuple[str, ...]) -> str | None:
+    """The added collections and held-out origins a model was trained with, as JSON (a registered version's
+    tag), so `evaluate` and `promote` rebuild the same manifest and locked test split; None for the primary alone."""
+    import json
+
+    if not more and not held_out:
+        return None
+    return json.dumps({"collections": [c.as_dict() for c in more], "held_out": list(held_out)})
+
+
+def read_data_spec(text: str | None) -> tuple[tuple[Collection, ...], tuple[str, ...]]:
+    import json
+
+    if not text:
+        return (), ()
+    raw = json.loads(text)
+    return tuple(Collection.from_dict(c) for c in raw.get("collections", [])), tuple(raw.get("held_out", []))
+
 
 def _checked_root(value: str | Path, where: str) -> Path:
     root = Path(value).expanduser().resolve()

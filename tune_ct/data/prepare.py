@@ -6,6 +6,7 @@ The data command (`python -m tune_ct.data`), the search, the evaluation and the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ class Prepared:
     trainval_entries: list
     seconds: float
     held_out: tuple[str, ...] = ()  # origins no trial sees: scored once at the end, like the locked test split
+    more: tuple[Collection, ...] = ()  # the collections added to the primary one
 
     def trained_on(self) -> list[str]:
         return sorted({e.origin for e in self.trainval_entries})
@@ -63,7 +65,18 @@ def prepare(settings: DataSettings) -> Prepared:
     trainval, usable = write_split_subset(manifest, root, settings.work, settings.limit_per_class, settings.seed,
                                           ("train", "val"), "trainval" + held_out_suffix(settings.held_out),
                                           keep=settings.keeps)
-    return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started, settings.held_out)
+    return Prepared(root, manifest, path, report, trainval, usable, time.monotonic() - started, settings.held_out,
+                    settings.more)
+
+
+def as_recorded(settings: DataSettings, data: str | None, spec: str | None) -> DataSettings:
+    """The data a registered model was trained on (its folder and data spec tags), unless --data was given."""
+    from tune_ct.data.collections import read_data_spec
+
+    if settings.data is not None:
+        return settings
+    more, held_out = read_data_spec(spec)
+    return dataclasses.replace(settings, data=data, more=more, held_out=settings.held_out or held_out)
 
 
 def held_out_suffix(held_out: tuple[str, ...]) -> str:

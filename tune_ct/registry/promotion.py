@@ -8,7 +8,6 @@ candidate's version gets an audit trail (tags `tune_ct.promotion.*`). On fail no
 
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import json
 import sys
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tune_ct.data.prepare import DataSettings
+from tune_ct.data.prepare import DataSettings, as_recorded
 from tune_ct.evaluate.evaluation import TestSet, evaluate_on, locked_test_set
 from tune_ct.evaluate.full_report import format_report, full_report
 from tune_ct.registry.gates import GateResult, check_gates, load_gates
@@ -47,7 +46,7 @@ def promote(options: PromoteOptions) -> int:
         print(f"{options.model} version {candidate.version} is already @champion; nothing to do")
         return 0
     data = options.data
-    test = locked_test_set(dataclasses.replace(data, data=data.data or candidate.tags.get(tags.DATA)))
+    test = locked_test_set(as_recorded(data, candidate.tags.get(tags.DATA), candidate.tags.get(tags.DATA_SPEC)))
     reports = evaluate_versions(options, test, {"candidate": candidate, "champion": champion})
     results = check_gates(gates, reports["candidate"], reports.get("champion"), candidate.tags)
     print_gates(results, reports["candidate"]["n"], test)

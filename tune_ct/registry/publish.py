@@ -117,11 +117,16 @@ def log_focus_metrics(client, parent_id: str, focus: dict, split: str) -> None:
 def register(client, parent_id: str, best: BestModel, prep, report: dict, example: np.ndarray,
              register_name: str | None) -> tuple[str, str | None]:
     """Log the model on the parent run and, with a name, register it as a new version tagged with its figures."""
+    from tune_ct.data.collections import data_spec
+
     version_tags = {tags.MANIFEST_HASH: prep.manifest.hash, tags.DATA: str(prep.root), tags.TEST_N: str(report["n"]),
                     **{tags.test_figure(k): f"{report[k]:.4f}" for k in tags.TEST_FIGURES}}
+    spec = data_spec(prep.more, prep.held_out)
+    if spec:
+        version_tags[tags.DATA_SPEC] = spec
     headline = {k: report[k] for k in ("split", "n", "accuracy", "balanced_accuracy", "macro_f1")}
     uri, version = log_and_register(client.tracking_uri, parent_id, best.model, best.meta, example, register_name,
-                                    {"data": str(prep.root), "manifest_hash": prep.manifest.hash,
+                                    {"data": str(prep.root), "data_spec": spec, "manifest_hash": prep.manifest.hash,
                                      "test_metrics": headline}, version_tags)
     client.set_tag(parent_id, tags.MODEL_URI, uri)
     return uri, version

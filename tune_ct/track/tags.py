@@ -27,6 +27,7 @@ SPACE_FILE = "tune_ct.space_file"
 MANIFEST_HASH = "tune_ct.manifest_hash"
 CODE_VERSION = "tune_ct.code_version"
 DATA = "tune_ct.data"
+DATA_SPEC = "tune_ct.data_spec"  # added collections and held-out origins (JSON): rebuilds the same manifest
 LIMIT_PER_CLASS = "tune_ct.limit_per_class"
 OPTUNA_STORAGE = "tune_ct.optuna_storage"
 OPTUNA_STUDY = "tune_ct.optuna_study"
