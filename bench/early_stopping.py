@@ -32,6 +32,14 @@ SPACE = {"description": "the CPU spaces' backbones and sizes, every trial to its
                     "aug_crop_scale_min": {"uniform": [0.8, 1.0]}}}
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip() + (" (avx512_bf16)" if "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+                                                    else " (no avx512_bf16)")
+    return platform.machine()
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -99,7 +107,7 @@ def main(argv=None) -> int:
         print(proc.stdout[-3000:] + proc.stderr[-3000:])
         return 1
     summary = json.loads((folder / "summary.json").read_text())
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu": platform.processor() or platform.machine(),
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
               "command": " ".join(cmd), "seconds": round(time.monotonic() - started),
               **analyse(curves(folder, summary["parent_run_id"]))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
