@@ -120,6 +120,7 @@ def test_search_selects_on_other_sources_with_lung_crop_and_clahe(tmp_path, data
 def check_held_out(tmp_path: Path, summary: dict, client, out: str) -> None:
     """The held-out origins reached no trial and were scored once, per origin; the roles are on the parent run;
     a held-out origin cannot be the select-on set."""
+    assert summary["collections"] == {"ext": str((tmp_path / "ext").resolve())}
     assert summary["origins"] == {"trained_on": ["hannover-mhh", "nih-cxr14", "unknown"],
                                   "selected_on": ["other_hospital"], "held_out": HELD_OUT}
     trainval = json.loads(Path(summary["trainval_subset"]).read_text())["files"]

@@ -50,6 +50,7 @@ class SearchSummary:
     sampler: dict | None = None  # {kind, n_startup_trials, why}: the Optuna sampler and why it was chosen
     warm_start: dict | None = None  # {studies, imported, skipped, refused}: what --warm-start brought in
     best_costs: dict | None = None
+    collections: dict | None = None  # collections added to the primary --data folder: name -> folder
     # Which origins were trained on, selected on and held out ({trained_on, selected_on, held_out}: lists).
     origins: dict | None = None
     # The held-out origins' films, scored once by the winner: {split, pooled, per_origin} (evaluate/held_out.py).
