@@ -133,3 +133,20 @@ def test_a_models_data_spec_gives_back_its_collections_and_held_out_origins(tmp_
     assert (settings.data, settings.more, settings.held_out) == ("/data/dev", more, ("covid-cxnet",))
     given = DataSettings("/elsewhere", WorkFolder(tmp_path))
     assert as_recorded(given, "/data/dev", data_spec(more, ())) is given  # --data given: it wins
+
+
+def test_narrowing_a_collections_origins_keeps_the_rest_locked_and_loses_nothing(tmp_path, data_dir, external_dir):
+    primary = make_small_dataset(data_dir, tmp_path / "dev", per_class=6)
+    ext = make_external_collection(external_dir, tmp_path / "ext", per_origin=8)
+    work = WorkFolder(tmp_path / "work")
+
+    def build(origins):
+        more = (Collection(ext.resolve(), "ext", labels=ext / "labels.csv", origins=origins),)
+        return prepare(DataSettings(primary, work, more=more))
+
+    wide = build(("openist", "hannover-mhh"))
+    narrow = build(("openist",))
+    assert not narrow.report.test_missing and not narrow.manifest.lost_test
+    splits = {e.key: e.split for e in wide.manifest.entries}
+    assert all(splits[e.key] == e.split for e in narrow.manifest.entries)
+    assert {e.origin for e in narrow.manifest.entries if e.collection} == {"openist"}

@@ -306,7 +306,12 @@ def _build(root: Path, manifest_path: Path, options: BuildOptions) -> tuple[Mani
     found = _read_all(root, options, previous)
     entries = found.entries
     report.new_files = sum(1 for e in entries if e.key not in previous)
-    lost = _lost_test(previous_manifest, previous, {e.key: e for e in entries}, report)
+    kept = {c.name: c for c in options.more}
+
+    def left_out(e: Entry) -> bool:  # a film of a named collection whose origin the data file no longer keeps
+        return e.collection in kept and not kept[e.collection].keeps(e.origin)
+
+    lost = _lost_test(previous_manifest, previous, {e.key: e for e in entries}, report, left_out)
     if not entries:
         raise DataError(f"no readable images in {root}: all {len(found.rejected)} candidate files were rejected")
     empty = [c for c in CLASSES if not any(e.label == c for e in entries)]
@@ -410,11 +415,12 @@ def _warn_lost_test(manifest: Manifest, report: LockReport, root: Path, manifest
 
 
 def _lost_test(previous_manifest: Manifest | None, previous: dict[str, Entry], present: dict[str, Entry],
-               report: LockReport) -> list[dict[str, str]]:
-    """Fill report.test_missing/test_changed for this run; return the cumulative list kept in the manifest."""
+               report: LockReport, left_out=lambda e: False) -> list[dict[str, str]]:
+    """Fill report.test_missing/test_changed for this run; return the cumulative list kept in the manifest. A film
+    the data file now leaves out (its collection keeps other origins) is not lost: it is not asked for."""
     lost = {x["file"]: x for x in (previous_manifest.lost_test if previous_manifest else [])}
     for file, old in previous.items():
-        if old.split != "test":
+        if old.split != "test" or (file not in present and left_out(old)):
             continue
         if file not in present:
             report.test_missing.append(file)
