@@ -118,6 +118,18 @@ def test_held_out_origins_reach_no_trial_and_are_scored_whole(tmp_path, data_dir
     path, films = write_held_out_subset(prep.manifest, prep.root, settings.work, 0, settings.held_out)
     assert sorted({e.origin for e in films}) == ["covid-cxnet", "openist"] and len(films) == 12
     assert {row[2] for row in read_subset(path)["files"]} == {HELD_OUT_SPLIT}
+    # A held-out film whose copy trials train on is not scored (counted by held_out_copies).
+    from tune_ct.data.subsets import held_out_copies
+
+    trained = next(e for e in prep.manifest.entries if e.split == "train" and not e.collection)
+    copy = ext / "Normal" / "copy-of-a-trained-film.png"
+    shutil.copyfile(prep.root / trained.file, copy)
+    with (ext / "labels.csv").open("a") as fh:
+        fh.write(f"Normal/{copy.name},{trained.label},openist\n")
+    again = prepare(settings)
+    assert [e.file for e in held_out_copies(again.manifest, settings.held_out)] == [f"Normal/{copy.name}"]
+    path, films = write_held_out_subset(again.manifest, again.root, settings.work, 0, settings.held_out)
+    assert len(films) == 12 and copy.name not in read_subset(path)["files"].__repr__()
     with pytest.raises(DataError, match="origins present: covid-cxnet, hannover-mhh"):
         prepare(DataSettings(primary, settings.work, more=more, held_out=("openlst",)))
 

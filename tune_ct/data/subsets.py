@@ -74,11 +74,19 @@ def write_split_subset(manifest: Manifest, data_root: Path, work: WorkFolder, li
 HELD_OUT_SPLIT = "holdout"
 
 
+def held_out_copies(manifest: Manifest, held_out: tuple[str, ...]) -> list[Entry]:
+    """Held-out films whose duplicate group also holds a film trials may train on."""
+    trained = {e.group for e in manifest.entries if e.origin not in held_out and e.split in ("train", "val")}
+    return [e for e in manifest.entries if e.origin in held_out and e.group in trained]
+
+
 def write_held_out_subset(manifest: Manifest, data_root: Path, work: WorkFolder, seed: int,
                           held_out: tuple[str, ...]) -> tuple[Path, list[Entry]]:
-    """Every film of the held-out origins, whatever its split (no trial saw any of them), as one scoring set; not
-    sampled by --limit-per-class (the trials' sample): an origin is scored whole."""
-    entries = [e for e in manifest.entries if e.origin in held_out]
+    """Every film of the held-out origins, whatever its split, as one scoring set; not sampled by --limit-per-class
+    (the trials' sample): an origin is scored whole. A film with a copy among the films trials train on (its
+    duplicate group holds one of another origin in train or val) is left out: held_out_copies counts them."""
+    copies = {e.key for e in held_out_copies(manifest, held_out)}
+    entries = [e for e in manifest.entries if e.origin in held_out and e.key not in copies]
     path = subset_path(work, manifest.hash, None, seed, "holdout-" + "-".join(sorted(held_out)))
     write_subset(path, data_root, entries, manifest.hash, manifest.film_path, HELD_OUT_SPLIT)
     return path, entries

@@ -4,10 +4,14 @@ lung focus, data overview and a new registered version (tune_ct.registry.publish
 
 from __future__ import annotations
 
+import logging
+
 from tune_ct.registry.publish import BestModel, Published
 from tune_ct.search.plan import SearchPlan
 from tune_ct.search.trials import ParentRun
 from tune_ct.train.best import BestTrial
+
+log = logging.getLogger(__name__)
 
 
 def score_winner(plan: SearchPlan, best: BestTrial) -> BestModel:
@@ -70,10 +74,17 @@ def score_held_out_films(plan: SearchPlan, tested: BestModel) -> dict | None:
     from tune_ct.evaluate.evaluation import held_out_set_of
     from tune_ct.evaluate.held_out import score_held_out
 
+    from tune_ct.data.subsets import held_out_copies
+
     films = held_out_set_of(plan.data, plan.options.data)
     if films is None:
         return None
-    return score_held_out(tested.model, tested.meta, films, seed=plan.options.data.seed)
+    copies = held_out_copies(plan.data.manifest, plan.data.held_out)
+    if copies:
+        log.warning(f"{len(copies)} held-out film(s) left out of the held-out figures: a copy of each is among the "
+                    f"films trials train on (e.g. {copies[0].key})")
+    report = score_held_out(tested.model, tested.meta, films, seed=plan.options.data.seed)
+    return {**report, "left_out_as_copies_of_trained_films": len(copies)}
 
 
 def origin_roles(plan: SearchPlan) -> dict:
