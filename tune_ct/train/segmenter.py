@@ -30,7 +30,8 @@ def ensure_segmenter(prep: Prepared, work: WorkFolder, seed: int, epochs: int = 
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
-            pairs = find_mask_pairs(prep.root, [e.file for e in prep.trainval_entries])
+            # Masks live in the primary folder's Kaggle layout; an added collection's paths are relative to its own.
+            pairs = find_mask_pairs(prep.root, [e.file for e in prep.trainval_entries if not e.collection])
             if not pairs:
                 raise DataError(f"lung_crop: true needs lung masks (<class>/masks/<file name> under {prep.root}) "
                                 "and none of the train/val films has one: add the dataset's masks/ folders or "
