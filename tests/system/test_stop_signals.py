@@ -33,11 +33,12 @@ REGISTER = "stopped-model"
 
 
 def space(folder: Path) -> Path:
-    """One trial long enough to be stopped three times (actor runner, 24 epochs at 128 px: a quiet fast machine ran
-    a whole 2 x 8-epoch search, ASHA stopping one trial, before a second search could be started beside it)."""
+    """One trial long enough to be stopped three times (actor runner, 36 epochs at 224 px: a quiet fast machine ran
+    a whole 2 x 8-epoch search, ASHA stopping one trial, before a second search could be started beside it, and
+    later all 24 epochs of one trial at 128 px before the SIGINT reached it)."""
     raw = yaml.safe_load((SPACES / "tiny.yaml").read_text())
     raw["search"].update(runner="actor", max_concurrent=1, num_samples=1)
-    raw["params"].update(epochs=24, image_size=128)
+    raw["params"].update(epochs=36, image_size=224)
     (folder / "space.yaml").write_text(yaml.safe_dump(raw))
     return folder / "space.yaml"
 
