@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -47,25 +48,28 @@ def ray_processes(ray_dir: Path) -> list[str]:
     return naming(str(ray_dir))
 
 
-def epochs_logged(client: MlflowClient) -> int:
-    exp = client.get_experiment_by_name("stops")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{tags.TRIAL_ID}` != ''") if exp else []
-    return sum(len(client.get_metric_history(r.info.run_id, "val_macro_f1")) for r in runs)
+EPOCH_ROW = re.compile(r"^[0-9a-f]{8}\s+baseline_cnn\s+\d+\s+\S+\s+(\d+)/\d+\s", re.MULTILINE)
+
+
+def last_epoch(folder: Path) -> int:
+    """The highest epoch the searches' console tables in `folder` have shown (a row per reported epoch)."""
+    return max([int(m.group(1)) for log in folder.glob("*.log") for m in EPOCH_ROW.finditer(log.read_text())] or [0])
 
 
 def run_until_a_new_epoch(command: list[str], folder: Path, env: dict, client: MlflowClient, log: Path,
                           alongside=None):
-    """Start the search and return it once it has logged one more epoch than before (it is then mid-trial);
-    `alongside(proc)` runs as soon as it has started."""
-    before = epochs_logged(client) if (folder / "mlflow.db").exists() else 0
+    """Start the search and return it once its console shows an epoch later than any before (it is then
+    mid-trial); `alongside(proc)` runs as soon as it has started. The console, not MLflow, is watched: a quiet
+    machine trained a whole trial while the test's first MLflow query of a new store was still running."""
+    before = last_epoch(folder)
     proc = subprocess.Popen(command, cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
     if alongside is not None:
         alongside(proc)
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (folder / "mlflow.db").exists() and epochs_logged(client) > before:
+        time.sleep(0.2)
+        if last_epoch(folder) > before:
             return proc
     pytest.fail(f"the search logged no new epoch (exit {proc.poll()}): {log.read_text()[-3000:]}")
 
