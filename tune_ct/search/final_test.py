@@ -43,13 +43,14 @@ def publish_winner(plan: SearchPlan, parent: ParentRun, tested: BestModel, clien
 
 def artifact_store_full(plan: SearchPlan, client, tested: BestModel, exc: Exception):
     from tune_ct.data.cache import DiskFullError
+    from tune_ct.track.tracker import first_line
 
     weights = sum(p.numel() * p.element_size() for p in tested.model.parameters())
     need = 2 * weights / 2**20 + 2  # the weights, their ONNX export, and a few MiB of figures and reports
     store = client.get_experiment(plan.experiment_id).artifact_location
     return DiskFullError(
         f"the MLflow artifact store ({store}) is full: registering the winner needs about {need:.0f} MiB there "
-        f"({str(exc).strip().splitlines()[0][:200]}); nothing was registered. free space there (or give the tracking "
+        f"({first_line(exc)}); nothing was registered; free space there (or give the tracking "
         f"server a larger artifact store), then run the same command with --resume --name {plan.name}: the trials "
         "are not run again, the winner is tested and registered")
 

@@ -111,7 +111,7 @@ class TrialTracker(Callback):
 
     def _failed(self, exc: Exception) -> None:
         self._last_failure = time.monotonic()
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         log.warning(f"WARNING: MLflow logging failed ({first}); {len(self._pending)} call(s) queued, retrying every "
                     f"{self.retry_every_s:g}s; trials keep running")
 
@@ -277,7 +277,7 @@ class TrialTracker(Callback):
         except Exception as exc:  # a full artifact store must not leave the run RUNNING: it is closed below
             if not is_disk_full(exc):
                 raise
-            self.artifacts_full = self.artifacts_full or _first_line(exc)
+            self.artifacts_full = self.artifacts_full or first_line(exc)
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
         self.client.set_terminated(run_id, status)
 
@@ -357,7 +357,8 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's first line (or its type), at most 300 characters: what a one-line message quotes."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
 
