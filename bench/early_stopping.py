@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 
 SPACE = {"description": "the CPU spaces' backbones and sizes, every trial to its last epoch",
          "search": {"metric": "val_macro_f1", "max_concurrent": 2, "runner": "actor"},
@@ -30,14 +30,6 @@ SPACE = {"description": "the CPU spaces' backbones and sizes, every trial to its
                     "epochs": 4, "batch_size": {"choice": [32, 64]}, "lr": {"loguniform": [3.0e-4, 3.0e-3]},
                     "weight_decay": {"loguniform": [1.0e-5, 1.0e-3]}, "aug_rotation_deg": {"uniform": [0.0, 8.0]},
                     "aug_crop_scale_min": {"uniform": [0.8, 1.0]}}}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip() + (" (avx512_bf16)" if "avx512_bf16" in Path("/proc/cpuinfo").read_text()
-                                                    else " (no avx512_bf16)")
-    return platform.machine()
 
 
 def spearman(a: list[float], b: list[float]) -> float:

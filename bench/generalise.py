@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,13 +49,6 @@ VARIANTS = {
 }
 SETS = {"A": ("hannover-mhh", "openist"), "B": ("covid-cxnet", "nih-cxr14")}  # (a): select A, report B
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def labels_of(external: Path, origins: tuple[str, ...], out: Path) -> Path:

@@ -22,13 +22,7 @@ import torch
 
 from tune_ct.data.files import CLASSES, decode_file, scan
 from tune_ct.model import lungs
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 
 
 def mean_or_none(values: list[float]) -> float | None:

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 HOLDOUT = "kermany-pediatric"
@@ -58,13 +59,6 @@ FIXED = {"backbone": "baseline_cnn", "image_size": 64, "epochs": 2, "batch_size"
 VARIANTS = {"none-false": ("none", False), "clahe-false": ("clahe", False), "none-true": ("none", True),
             "clahe-true": ("clahe", True), "hist-false": ("hist", False), "hist-true": ("hist", True)}
 SELECT_ON_NAME = "kermany_normal_holdout"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def run_cmd(cmd: list[str], log: Path, cwd: Path) -> float:

@@ -1,26 +1,28 @@
-"""Search efficiency: Optuna TPE + ASHA vs random search without early stopping, same budget in trial-epochs.
+"""Search efficiency: four ways to search one space on the same budget in trial-epochs, seed by seed.
 
-    python bench/search_efficiency.py --data DIR --out /tmp/se --seeds 0 1 2 --json bench/results/search_efficiency.json \
-        --plot bench/results/search_efficiency.png
+    python bench/search_efficiency.py --mode cli --data DIR --out /tmp/se --seeds 0 1 2 3 4 --limit-per-class 0 \
+        --json bench/results/search_efficiency_arms.json --plot bench/results/search_efficiency_arms.png
 
-Both methods are built by the CLI's own builders (tune_ct.train.tuner.build_searcher / build_scheduler) from the
-generated space, with the sampler `--sampler` resolves to (tune_ct.train.tuner.resolve_sampler): TPE + ASHA = an
-Optuna study with TPESampler(seed) (its random start-up a quarter of the budget) + ASHAScheduler(time_attr="epoch",
-grace_period=1, reduction_factor=2) (`--sampler tpe --scheduler asha`); random = an Optuna study with
-RandomSampler(seed) and no scheduler (`--sampler random --scheduler none`). The seed picks the data subset
-(`--limit-per-class`, as the CLI does), the samplers and training; both methods of one seed see the same
-train/val/test files.
+Arms (ARMS), each built by the CLI from a generated space (`--sampler`, `--scheduler`, the space's grace period
+and `startup_trials`):
+  random         Optuna RandomSampler(seed), no early stopping: --random-trials full trials = the budget;
+  random_asha    RandomSampler + ASHA as the CPU spaces now stop trials (grace 2, reduction factor 2);
+  tpe_asha_10    the search before issue 20: TPE with Optuna's fixed 10 random start-up trials + ASHA grace 1, rf 2;
+  auto           the new default: `--sampler auto` under the CPU spaces' ASHA (grace 2, rf 2), which resolves to
+                 TPE with a quarter of the samples as random start-up;
+  gp             `--sampler auto --scheduler none` (resolves to GPSampler): every trial runs to its end.
+The early-stopping arms get --asha-trials samples; every arm is cut at the random search's budget. The seed picks
+the data subset (`--limit-per-class`, as the CLI does), the samplers and training; all arms of one seed see the
+same train/val/test files.
 
---mode inproc (default): one Ray Tune run per (method, seed) in this process, over a function trainable that runs
-  the trial's own training loop (`tune_ct.train.loop.fit`: set-up, epochs, val metrics, a checkpoint per epoch)
-  with reused actors but no Ray Train worker group per trial. The algorithms and the budget accounting are the same
-  as the CLI's; what it leaves out is the per-trial process start-up, which on a 2-core machine under load made the
-  CLI mode take hours.
---mode cli: each (method, seed) is a `python -m tune_ct.search` subprocess (`--analyse-only` re-reads them).
+--mode cli (what BENCHMARKS.md reports): each (arm, seed) is a `python -m tune_ct.search` subprocess (trials in
+  reused trial actors, study on SQLite, winner tested once on the locked split); `--analyse-only` re-reads them.
+--mode inproc: one Ray Tune run per (arm, seed) in this process over a function trainable that runs the trial's
+  own loop (`tune_ct.train.loop.fit`) without the CLI's start-up, for loaded machines.
 
-Budget spent = epochs reported so far by all trials (one report = one trial-epoch), in report order. Random gets
---random-trials full trials; TPE + ASHA gets --asha-trials samples and is cut at the same budget. The winner of
-each search (best val macro-F1 within the budget) is evaluated once on the locked test subset.
+Budget spent = epochs reported so far by all trials (one report = one trial-epoch), in report order. The winner
+of each CLI search is the search's own (tested on the locked split); where it was reported after the budget, its
+`winner_reported_at_budget` says so.
 """
 
 from __future__ import annotations
@@ -32,23 +34,42 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_model  # bench/machine.py (the script's folder is on sys.path)
 from tune_ct.train.settings import TrialSettings  # plain data: no torch or Ray at import
 
-METHODS = {"random": ["--sampler", "random", "--scheduler", "none"],
-           "tpe_asha": ["--sampler", "tpe", "--scheduler", "asha"]}
+
+
+@dataclass(frozen=True)
+class Arm:
+    sampler: str  # --sampler
+    scheduler: str  # --scheduler
+    grace: int = 2  # the space's ASHA grace period (reduction factor 2 throughout)
+    startup: str = "auto"  # the space's startup_trials
+    early_stopping: bool = True  # gets --asha-trials samples (else --random-trials)
+    samples: float = 1.0  # x --asha-trials: grace 1 spends ~2 trial-epochs a trial where grace 2 spends ~3
+    warm: bool = False  # --warm-start from the previous seed's `auto` search (a second search on the same data)
+
+
+ARMS = {"random": Arm("random", "none", early_stopping=False),
+        "auto": Arm("auto", "asha"),
+        "random_asha": Arm("random", "asha"),
+        "tpe_asha_10": Arm("tpe", "asha", grace=1, startup="10", samples=1.5),
+        "gp": Arm("auto", "none", early_stopping=False),
+        "warm": Arm("auto", "asha", warm=True)}
 
 SPACE = """description: bench/search_efficiency.py (generated)
 search:
   metric: val_macro_f1
   num_samples: 6
   max_concurrent: {max_concurrent}
-  grace_period: 1
+  grace_period: {grace}
   reduction_factor: 2
+  startup_trials: {startup}
   workers_per_trial: 1
   cpus_per_worker: 1
 params:
@@ -74,6 +95,7 @@ class SearchRun:
     winner_test_macro_f1: float
     winner_reported_at_budget: int  # trial-epochs spent when the winner's epoch was reported
     seconds: float
+    trial_number: list[int] = field(default_factory=list)  # after each report: trials started so far (1-based)
 
 
 def reports(storage: Path, name: str) -> list[dict]:
@@ -96,15 +118,40 @@ def analyse(out: Path, method: str, seed: int) -> SearchRun | None:
         return None
     summary = json.loads(summary_path.read_text())
     rows = reports(out / "ray_results", name)
-    best, curve, at = -1.0, [], None
+    best, curve, at, order = -1.0, [], None, {}
     for i, r in enumerate(rows, 1):
         best = max(best, r["f1"])
         curve.append(best)
+        order.setdefault(r["trial"], len(order) + 1)
         if r["trial"] == summary["best_trial_id"] and r["epoch"] == summary["best_epoch"]:
             at = i
     return SearchRun(method, seed, list(range(1, len(rows) + 1)), curve, summary["trials"],
                      float(summary["val_metrics"]["val_macro_f1"]), float(summary["test_metrics"]["macro_f1"]),
-                     at or len(rows), float(summary["seconds"]))
+                     at or len(rows), float(summary["seconds"]), [order[r["trial"]] for r in rows])
+
+
+def trials_to_reach(run: SearchRun, target: float) -> int | None:
+    """How many of the search's own trials had started when a report first reached `target`."""
+    for n, v in zip(run.trial_number, run.best):
+        if v >= target - 1e-12:
+            return n
+    return None
+
+
+def warm_comparison(args, seed: int, runs: list[SearchRun]) -> dict | None:
+    """A second search on the same data, warm-started from a first one, against a cold start of the same budget
+    and seed: how many new trials each needs to reach the first search's best val macro-F1."""
+    by = {(r.method, r.seed): r for r in runs}
+    first_seed = int(warm_source(args, seed).split("-s")[1])
+    first, cold, warm = by.get(("auto", first_seed)), by.get(("auto", seed)), by.get(("warm", seed))
+    if not (first and cold and warm):
+        return None
+    target = first.best[-1]
+    return {"seed": seed, "first_search": f"auto-s{first_seed}", "first_best_val": round(target, 4),
+            "cold_trials_to_reach": trials_to_reach(cold, target), "warm_trials_to_reach": trials_to_reach(warm, target),
+            "cold_trials": cold.trials, "warm_trials": warm.trials, "cold_best_val": round(cold.best[-1], 4),
+            "warm_best_val": round(warm.best[-1], 4), "cold_winner_test_macro_f1": round(cold.winner_test_macro_f1, 4),
+            "warm_winner_test_macro_f1": round(warm.winner_test_macro_f1, 4)}
 
 
 def budget_to_reach(run: SearchRun, target: float) -> int | None:
@@ -114,8 +161,27 @@ def budget_to_reach(run: SearchRun, target: float) -> int | None:
     return None
 
 
-def run_search(args, method: str, seed: int, space: Path, num_samples: int) -> None:
+def arm_space(args, method: str) -> Path:
+    arm = ARMS[method]
+    path = args.out / f"space-{method}.yaml"
+    path.write_text(SPACE.format(max_concurrent=args.max_concurrent, image_size=args.image_size, epochs=args.epochs,
+                                 grace=arm.grace, startup=arm.startup))
+    return path
+
+
+def arm_samples(args, method: str) -> int:
+    arm = ARMS[method]
+    return round(args.asha_trials * arm.samples) if arm.early_stopping else args.random_trials
+
+
+def warm_source(args, seed: int) -> str:
+    """The first search a warm arm builds on: the previous seed's `auto` search (cyclic)."""
+    return f"auto-s{args.seeds[args.seeds.index(seed) - 1]}"
+
+
+def run_search(args, method: str, seed: int) -> None:
     name = f"{method}-s{seed}"
+    arm, space, num_samples = ARMS[method], arm_space(args, method), arm_samples(args, method)
     if (args.out / f"summary-{name}.json").exists():
         print(f"{name}: done already", flush=True)
         return
@@ -124,7 +190,8 @@ def run_search(args, method: str, seed: int, space: Path, num_samples: int) -> N
            "--seed", str(seed), "--num-samples", str(num_samples),
            "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"), "--name", name,
            "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "search_efficiency",
-           "--summary", str(args.out / f"summary-{name}.json"), *METHODS[method]]
+           "--summary", str(args.out / f"summary-{name}.json"), "--sampler", arm.sampler, "--scheduler", arm.scheduler,
+           *(["--warm-start", warm_source(args, seed)] if arm.warm else [])]
     started = time.monotonic()
     with open(args.out / f"{name}.log", "w") as log:
         code = subprocess.call(cmd, cwd=args.out, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -168,11 +235,9 @@ def tune_search(args, method: str, seed: int, space, settings: TrialSettings):
 
     from tune_ct.train.tuner import build_scheduler, build_searcher, resolve_sampler
 
-    flags = dict(zip(METHODS[method][::2], METHODS[method][1::2]))  # the CLI's --sampler / --scheduler
-    scheduler = flags["--scheduler"]
-    num_samples = args.asha_trials if method == "tpe_asha" else args.random_trials
+    arm, scheduler, num_samples = ARMS[method], ARMS[method].scheduler, arm_samples(args, method)
     # Resolved as the CLI resolves --sampler (tune_ct.search.plan): one objective, this budget, this scheduler.
-    sampler = resolve_sampler(flags["--sampler"], scheduler, num_samples, False)
+    sampler = resolve_sampler(arm.sampler, scheduler, num_samples, False, space.search.startup_trials)
     param_space = space.tune_space()
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(inproc_trainable, settings=settings), {"cpu": 1}),
@@ -205,13 +270,13 @@ def report_rows(results) -> list[dict]:
     return sorted(rows, key=lambda r: r["wall"])
 
 
-def run_inproc(args, method: str, seed: int, space_path: Path, prep, budget: int, data) -> SearchRun:
+def run_inproc(args, method: str, seed: int, prep, budget: int, data) -> SearchRun:
     """`data`: the seed's DataSettings, which `prep` was prepared with (its locked test split tests the winner)."""
     from tune_ct.evaluate.evaluation import evaluate_on, locked_split_of
     from tune_ct.model.checkpoint import load_checkpoint_model
     from tune_ct.train.space import load_space
 
-    space = load_space(space_path)
+    space = load_space(arm_space(args, method))
     name = f"{method}-s{seed}"
     # What the CLI's trials share, with the CLI's seed rule (--seed picks the subset, the samplers and training).
     settings = TrialSettings(subset_path=str(prep.trainval_path), cache_root=str(data.work.cache),
@@ -245,7 +310,8 @@ def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
     from tune_ct.track.figures import pyplot, save_figure
 
     fig, ax = pyplot().subplots(figsize=(5.5, 3.6), dpi=90)
-    colors = {"random": "tab:gray", "tpe_asha": "tab:blue"}
+    colors = {"random": "tab:gray", "random_asha": "tab:olive", "tpe_asha_10": "tab:orange", "auto": "tab:blue",
+              "gp": "tab:purple"}
     grid = np.arange(1, budget + 1)
     for method, color in colors.items():
         curves = []
@@ -255,7 +321,7 @@ def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
             ax.step(grid, y, where="post", color=color, alpha=0.3, lw=1)
         if curves:
             ax.step(grid, np.mean(curves, 0), where="post", color=color, lw=2.2,
-                    label=f"{method.replace('_', ' + ').upper()} (mean of {len(curves)} seeds)")
+                    label=f"{method} (mean of {len(curves)} seeds)")
     ax.set_xlabel("budget spent (trial-epochs)")
     ax.set_ylabel("best val macro-F1 so far")
     ax.legend(loc="lower right", fontsize=8)
@@ -263,7 +329,7 @@ def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
     save_figure(fig, path)
 
 
-def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
+def inproc_runs(args, budget: int) -> list[SearchRun]:
     import ray
 
     from tune_ct.data.cache import open_or_build
@@ -274,7 +340,8 @@ def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
     ray.init(num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
     try:
         for seed in args.seeds:
-            done = {m: args.out / f"inproc-{m}-s{seed}.json" for m in METHODS}
+            arms = [m for m in args.arms if not ARMS[m].warm]  # --warm-start is the CLI's
+            done = {m: args.out / f"inproc-{m}-s{seed}.json" for m in arms}
             if all(f.exists() for f in done.values()):
                 runs += [SearchRun(**{k: v for k, v in json.loads(f.read_text()).items() if k != "budget_used_total"})
                          for f in done.values()]
@@ -284,31 +351,43 @@ def inproc_runs(args, space: Path, budget: int) -> list[SearchRun]:
                                 limit_per_class=args.limit_per_class)
             prep = prepare(data)
             open_or_build(prep.trainval_path, args.image_size, data.work.cache)
-            for method in METHODS:
-                runs.append(run_inproc(args, method, seed, space, prep, budget, data))
+            for method in arms:
+                runs.append(run_inproc(args, method, seed, prep, budget, data))
     finally:
         ray.shutdown()
     return runs
 
 
-def seed_comparison(seed: int, budget: int, rnd: SearchRun, tpe: SearchRun) -> dict:
-    """One seed's two searches side by side: how much of the budget TPE + ASHA needs to match random's best."""
+def seed_comparison(seed: int, budget: int, rnd: SearchRun, other: SearchRun) -> dict:
+    """One arm against random search on one seed: the budget it needs to match random's best within the budget."""
     target = rnd.best[min(budget, len(rnd.best)) - 1]
-    tpe_at_budget = tpe.best[min(budget, len(tpe.best)) - 1]
-    reach = budget_to_reach(tpe, target)
+    reach = budget_to_reach(other, target)
     return {
-        "seed": seed, "budget": budget, "random_best_val": round(target, 4),
+        "seed": seed, "arm": other.method, "budget": budget, "random_best_val": round(target, 4),
         "random_budget_to_own_best": budget_to_reach(rnd, target),
-        "tpe_asha_best_val_within_budget": round(tpe_at_budget, 4),
-        "tpe_asha_budget_to_reach_random_best": reach,
-        "tpe_asha_fraction_of_budget": round(reach / budget, 3) if reach else None,
-        "tpe_asha_budget_used": tpe.budget[-1] if tpe.budget else 0,
+        "best_val_within_budget": round(other.best[min(budget, len(other.best)) - 1], 4),
+        "budget_to_reach_random_best": reach,
+        "fraction_of_budget": round(reach / budget, 3) if reach else None,
+        "budget_used": other.budget[-1] if other.budget else 0,
         "random_winner_test_macro_f1": round(rnd.winner_test_macro_f1, 4),
-        "tpe_asha_winner_test_macro_f1": round(tpe.winner_test_macro_f1, 4),
-        "tpe_asha_winner_reported_at_budget": tpe.winner_reported_at_budget,
-        "random_seconds": rnd.seconds, "tpe_asha_seconds": tpe.seconds,
-        "random_trials": rnd.trials, "tpe_asha_trials": tpe.trials,
+        "winner_test_macro_f1": round(other.winner_test_macro_f1, 4),
+        "winner_reported_at_budget": other.winner_reported_at_budget,
+        "seconds": other.seconds, "trials": other.trials,
     }
+
+
+def run_cli_searches(args) -> None:
+    """Seed by seed, the issue's arms first; gp (an extra arm) after every seed's, so a short session can drop it."""
+    core = [m for m in args.arms if not ARMS[m].warm and m != "gp"]
+    for seed in args.seeds:
+        for method in core:
+            run_search(args, method, seed)
+        if "warm" in args.arms and seed != args.seeds[0]:  # its source, the previous seed's auto, is done
+            run_search(args, "warm", seed)
+    if "warm" in args.arms:
+        run_search(args, "warm", args.seeds[0])
+    for seed in args.seeds if "gp" in args.arms else []:
+        run_search(args, "gp", seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,33 +403,31 @@ def main(argv: list[str] | None = None) -> int:
                    help="TPE + ASHA samples; its reports are cut at the random search's budget")
     p.add_argument("--max-concurrent", type=int, default=2)
     p.add_argument("--mode", choices=["inproc", "cli"], default="inproc")
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--analyse-only", action="store_true")
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    space = args.out / "space.yaml"
-    space.write_text(SPACE.format(max_concurrent=args.max_concurrent, image_size=args.image_size,
-                                  epochs=args.epochs))
     budget = args.random_trials * args.epochs
     if args.mode == "cli":
         if not args.analyse_only:
-            for seed in args.seeds:
-                run_search(args, "random", seed, space, args.random_trials)
-                run_search(args, "tpe_asha", seed, space, args.asha_trials)
-        runs = [r for seed in args.seeds for m in METHODS if (r := analyse(args.out, m, seed))]
+            run_cli_searches(args)
+        runs = [r for seed in args.seeds for m in args.arms if (r := analyse(args.out, m, seed))]
     else:
-        runs = inproc_runs(args, space, budget)
+        runs = inproc_runs(args, budget)
     per_seed = []
     for seed in args.seeds:
         by = {r.method: r for r in runs if r.seed == seed}
-        if len(by) < 2:
-            continue
-        per_seed.append(seed_comparison(seed, budget, by["random"], by["tpe_asha"]))
-        print(json.dumps(per_seed[-1]), flush=True)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "settings": {k: str(v) for k, v in vars(args).items()},
-              "budget_trial_epochs": budget, "per_seed": per_seed, "runs": [asdict(r) for r in runs]}
+        for method in (m for m in by if m not in ("random", "warm") and "random" in by):
+            per_seed.append(seed_comparison(seed, budget, by["random"], by[method]))
+            print(json.dumps(per_seed[-1]), flush=True)
+    warm = [w for seed in args.seeds if (w := warm_comparison(args, seed, runs))]
+    for w in warm:
+        print(json.dumps(w), flush=True)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "settings": {k: str(v) for k, v in vars(args).items()},
+              "budget_trial_epochs": budget, "per_seed": per_seed, "warm_start": warm, "runs": [asdict(r) for r in runs]}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

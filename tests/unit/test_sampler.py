@@ -30,3 +30,17 @@ def test_an_asked_sampler_is_built_as_asked_and_seeded():
     assert isinstance(resolve_sampler("gp", "asha", 16, False).build(0), optuna.samplers.GPSampler)
     assert isinstance(resolve_sampler("random", "asha", 16, False).build(0), optuna.samplers.RandomSampler)
     assert resolve_sampler("gp", "asha", 16, False).why == "search.sampler gp"
+
+
+def test_the_space_can_fix_the_start_up(tmp_path):
+    from tune_ct.train.space import SpaceError, load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("search: {startup_trials: 10}\nparams: {epochs: 2}\n")
+    startup = load_space(path).search.startup_trials
+    assert startup == 10 and resolve_sampler("auto", "asha", 16, False, startup).n_startup_trials == 10
+    path.write_text("search: {startup_trials: auto}\nparams: {epochs: 2}\n")
+    assert resolve_sampler("auto", "asha", 16, False, load_space(path).search.startup_trials).n_startup_trials == 4
+    path.write_text("search: {startup_trials: 0}\nparams: {epochs: 2}\n")
+    with pytest.raises(SpaceError, match="search.startup_trials: expected auto or a whole number >= 1, got 0"):
+        load_space(path)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tune_ct.registry.classify import Network, probabilities, torch_network
+from tune_ct.track.messages import first_line
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +99,17 @@ def export_checked(model: torch.nn.Module, x: torch.Tensor, folder: Path) -> Onn
     try:
         export_onnx(model, x, path)
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types for an op it cannot express
-        return _absent(path, f"export failed: {type(exc).__name__}: {_first_line(exc)}")
+        return _absent(path, f"export failed: {type(exc).__name__}: {first_line(exc)}")
     try:
         diff = compare(model, onnx_session(path), x)
     except ImportError as exc:
         return _absent(path, f"onnxruntime not installed ({exc})")
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime rejects an unusable graph with several types
-        return _absent(path, f"ONNX Runtime cannot run the export: {type(exc).__name__}: {_first_line(exc)}")
+        return _absent(path, f"ONNX Runtime cannot run the export: {type(exc).__name__}: {first_line(exc)}")
     if not diff <= TOLERANCE:  # `not <=` also refuses NaN
         return _absent(path, f"max probability difference {diff:.1e} > {TOLERANCE:.0e} on {len(x)} real film(s)")
     log.info("ONNX export checked on %d film(s): max probability difference %.1e", len(x), diff)
     return OnnxCheck(path, diff)
-
-
-def _first_line(exc: Exception, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else "")[:limit]
 
 
 def _absent(path: Path, reason: str) -> OnnxCheck:

@@ -43,7 +43,7 @@ def publish_winner(plan: SearchPlan, parent: ParentRun, tested: BestModel, clien
 
 def artifact_store_full(plan: SearchPlan, client, tested: BestModel, exc: Exception):
     from tune_ct.data.cache import DiskFullError
-    from tune_ct.track.tracker import first_line
+    from tune_ct.track.messages import first_line
 
     weights = sum(p.numel() * p.element_size() for p in tested.model.parameters())
     need = 2 * weights / 2**20 + 2  # the weights, their ONNX export, and a few MiB of figures and reports

@@ -90,7 +90,7 @@ def plan_search(options: SearchOptions, space: Space, data: Prepared, client) ->
         if study and parent_id is None else None
     num_samples, scheduler = options.num_samples or space.search.num_samples, resolve_scheduler(options.scheduler, space)
     sampler = resolve_sampler(options.sampler or space.search.sampler, scheduler, num_samples,
-                              space.search.multi_objective)
+                              space.search.multi_objective, space.search.startup_trials)
     return SearchPlan(options, space, data, name, experiment_id, num_samples, scheduler, sampler,
                       time_budget_s(options, space), study, select_on, prepare_segmenter(space, data, options.data),
                       parent_id, warm)
@@ -117,9 +117,11 @@ def start_study(options: SearchOptions, space: Space, name: str, url: str, ident
 
 def study_identity(options: SearchOptions, space: Space, data: Prepared, select_on: SelectOn | None) -> dict:
     """What the trials of a search saw and were scored on, recorded on its Optuna study: two studies with the
-    same identity searched the same data for the same metric."""
-    return {"tune_ct.manifest_hash": data.manifest.hash, "tune_ct.limit_per_class": options.data.limit_per_class,
-            "tune_ct.seed": options.data.seed, "tune_ct.objectives": [list(o) for o in space.objectives],
+    same identity searched the same data for the same metric. The seed counts only where it drew the
+    --limit-per-class sample: on the whole set, searches with other seeds saw the same films."""
+    limit = options.data.limit_per_class
+    return {"tune_ct.manifest_hash": data.manifest.hash, "tune_ct.limit_per_class": limit,
+            "tune_ct.seed": options.data.seed if limit else None, "tune_ct.objectives": [list(o) for o in space.objectives],
             "tune_ct.select_on_hash": select_on.films.content_hash if select_on else None,
             "tune_ct.held_out": sorted(data.held_out)}
 

@@ -13,6 +13,7 @@ from tune_ct.search.plan import SearchPlan
 from tune_ct.search.summary import TRACKING_PREFIX, SearchSummary
 from tune_ct.search.trials import ParentRun
 from tune_ct.track import parent_run, tags
+from tune_ct.track.messages import first_line
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
@@ -52,7 +53,7 @@ def record(summary: SearchSummary, plan: SearchPlan, client, parent: ParentRun) 
         describe(summary, plan, client, parent)
         log_json(client, parent.run_id, summary.to_dict(), SUMMARY_FILE)
     except Exception as exc:  # noqa: BLE001 - the model is registered and the summary is on disk
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         log.warning(f"WARNING: the search's final records did not all reach MLflow ({first})")
         return {f"{TRACKING_PREFIX}final_records": f"failed: {first}"}
     return {f"{TRACKING_PREFIX}final_records": "logged"}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from tune_ct.search.plan import SearchPlan
 from tune_ct.search.trials import ParentRun, TrialsRun
+from tune_ct.track.messages import first_line
 from tune_ct.train.best import BestTrial, best_row
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def ranked_models(plan: SearchPlan, parent: ParentRun) -> tuple[dict, ...]:
         return tuple(ranked_trial_models(plan.experiment_id, parent.run_id, plan.space.metric, plan.space.mode,
                                          parent.dataset(split)))
     except Exception as exc:  # noqa: BLE001 - the listing is a convenience; the models are logged
-        log.warning(f"WARNING: could not list the trials' models ({str(exc).splitlines()[0][:300]})")
+        log.warning(f"WARNING: could not list the trials' models ({first_line(exc)})")
         return ()
 
 
@@ -134,7 +135,7 @@ def log_trial_models(plan: SearchPlan, trials: TrialsRun, per_trial: list, clien
                                                        parent.dataset("val"), parent.dataset("select_on"))
         return made
     except Exception as exc:  # noqa: BLE001
-        log.warning(f"WARNING: the trials' models did not all reach MLflow ({str(exc).splitlines()[0][:300]})")
+        log.warning(f"WARNING: the trials' models did not all reach MLflow ({first_line(exc)})")
         return {}
 
 

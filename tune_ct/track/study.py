@@ -16,6 +16,8 @@ import logging
 import os
 from pathlib import Path
 
+from tune_ct.track.messages import first_line
+
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,7 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many kinds (bad URL, driver, server down, perms)
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise StudyError(f"--optuna-storage {url}: cannot open the Optuna storage ({first}); pass a writable "
+        raise StudyError(f"--optuna-storage {url}: cannot open the Optuna storage ({first_line(exc)}); pass a writable "
                          "sqlite:///FILE or a reachable database URL (postgresql+psycopg2://user@host/db)") from None
 
 

@@ -24,6 +24,7 @@ from ray.tune import Callback
 from tune_ct.track import tags
 from tune_ct.track.trial_table import stop_reason
 from tune_ct.track.figures import plot_confusion_matrix
+from tune_ct.track.messages import first_line
 from tune_ct.track.runs import flat_params
 
 log = logging.getLogger(__name__)
@@ -355,12 +356,6 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
-
-
-def first_line(exc: BaseException) -> str:
-    """An error's first line (or its type), at most 300 characters: what a one-line message quotes."""
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def storage_nearly_full(storage: str | None) -> bool:

@@ -2,7 +2,7 @@
 studies in the same Optuna storage that searched the same data for the same objectives (`--warm-start`).
 
 "The same data" is what each study records about itself when it is created (tune_ct.search.plan.study_identity:
-the manifest hash, --limit-per-class and its seed, the objectives, the select-on set). A study without the
+the manifest hash, --limit-per-class and the seed that drew it, the objectives, the select-on set). A study without the
 `tune_ct.truthful` attribute told early-stopped trials COMPLETE with a truncated value: it is not imported. An
 imported trial is rebuilt with the new space's distributions; one whose values lie outside them, or whose fixed
 settings differ from the new space's, is skipped and counted. Imported trials carry the user attribute

@@ -76,6 +76,8 @@ class SearchSettings:
     time_budget: str | None = None  # "15m", "90s", "2h": no trial starts after it; running ones are stopped
     # Optuna's sampler: auto (GP without early stopping on a small budget, else TPE), tpe, gp or random.
     sampler: str = "auto"
+    # Random trials before the sampler models (tpe, gp); None (auto): a quarter of the budget, 3 to 10.
+    startup_trials: int | None = None
     # Multi-objective: ((name, mode), ...), the first a per-epoch metric (it replaces `metric`), then costs.
     objectives: tuple[tuple[str, str], ...] = ()
     pick: Pick | None = None  # which member of the Pareto front is registered (default: best on the first)
@@ -224,6 +226,11 @@ def _check_setting(where: str, key: str, value: Any) -> Any:
     elif key == "sampler":
         if value not in SAMPLERS:
             raise SpaceError(f"{where}: sampler must be one of {', '.join(SAMPLERS)}, got {value!r}")
+    elif key == "startup_trials":
+        if value == "auto":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpaceError(f"{where}: expected auto or a whole number >= 1, got {value!r}")
     elif key == "time_budget":
         try:
             parse_duration(value)

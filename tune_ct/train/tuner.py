@@ -38,11 +38,13 @@ class Sampler:
         return f"{self.kind}" + (f" ({self.n_startup_trials} random start-up trials)" if self.kind != "random" else "")
 
 
-def resolve_sampler(asked: str, scheduler: str, num_samples: int, multi_objective: bool) -> Sampler:
+def resolve_sampler(asked: str, scheduler: str, num_samples: int, multi_objective: bool,
+                    startup: int | None = None) -> Sampler:
     """auto: GP when every trial runs all its epochs (no ASHA: GPSampler learns from COMPLETE trials only, and under
-    ASHA most end PRUNED) on a small budget of one objective; else TPE. Either way the random start-up is a quarter
-    of the budget, 3 to 10 trials (Optuna's fixed 10 made a 16-trial search mostly random sampling)."""
-    startup = max(3, min(10, round(num_samples / 4)))
+    ASHA most end PRUNED) on a small budget of one objective; else TPE. Either way the random start-up is `startup`
+    or, by default, a quarter of the budget, 3 to 10 trials (Optuna's fixed 10 made a 16-trial search mostly random
+    sampling)."""
+    startup = startup or max(3, min(10, round(num_samples / 4)))
     if asked != "auto":
         return Sampler(asked, startup, f"search.sampler {asked}")
     if not multi_objective and scheduler == "none" and num_samples <= GP_MAX_TRIALS:
