@@ -155,6 +155,7 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
     from tune_ct.train.stop_signals import Stopped
 
     from tune_ct.track.system import start_sink
+    from tune_ct.train.memory_kills import KillBook
     from tune_ct.track.tracker import TrialTracker
     from tune_ct.track.trial_table import TrialTable
     from tune_ct.train.tuner import TunePlan, new_tuner, restored_callback, restored_tuner, trainable
@@ -167,6 +168,7 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
                            time_budget_s=plan.time_budget_s, inputs=parent.inputs, system_metrics_of=plan.name,
                            storage_path=options.storage)
     sink = start_sink(plan.name)  # the trials' system samples wait there until the tracker logs them
+    book = KillBook(options.storage, plan.name)  # which actor runs which trial, and the trials killed for memory
     fn = trainable(trial_settings(plan), tune_plan.runner, sampled_as=plan.name)
     if options.resume:
         tuner = restored_tuner(fn, tune_plan)
@@ -174,14 +176,38 @@ def run_trials(plan: SearchPlan, parent: ParentRun, handlers) -> TrialsRun:
     else:
         table = TrialTable(space.metric, space.mode, space.max_epochs, plan.time_budget_s)
         tuner = new_tuner(fn, space, tune_plan, [tracker, table])
-    with handlers.graceful(tracker.interrupt):
-        try:
-            results = list(tuner.fit())
-        except Exception:
-            if tracker.disk_full:  # raised by the tracker: say which disk and what to do, not Tune's traceback
-                raise disk_full_error(plan, tracker.disk_full, tracker.disk_full_where, tracker.client) from None
-            raise
+    while (results := fit(plan, tuner, tracker, handlers, book)) is None:
+        # Ray killed a trial for memory and Tune stopped: go on from Tune's snapshot; errored trials stay so. The
+        # monitor may have killed the sink too: a new one takes the samples from here on.
+        sink = start_sink(plan.name)
+        tuner = restored_tuner(fn, tune_plan, resume_errored=False)
+        tracker = restored_callback(tuner, TrialTracker, tracker)
     del sink  # held until here: Ray ends an actor no handle refers to
     if handlers.requested is not None:
         raise Stopped(handlers.requested)
     return TrialsRun(results, tracker)
+
+
+def fit(plan: SearchPlan, tuner, tracker, handlers, book) -> list | None:
+    """Every trial's result; None when Ray's memory monitor killed trials (counted in `book`) and stopped Tune."""
+    from tune_ct.train.memory_kills import memory_kill, record_kill
+    from tune_ct.train.resources import ClusterError
+
+    with handlers.graceful(tracker.interrupt):
+        try:
+            return list(tuner.fit())
+        except Exception as exc:
+            if tracker.disk_full:  # raised by the tracker: say which disk and what to do, not Tune's traceback
+                raise disk_full_error(plan, tracker.disk_full, tracker.disk_full_where, tracker.client) from None
+            killed = memory_kill(exc)
+            if killed is None or handlers.requested is not None:
+                raise
+            victims = record_kill(book, killed)
+            if not victims:
+                raise ClusterError(f"Ray's memory monitor killed a process of the search that runs no trial "
+                                   f"({str(killed).strip().splitlines()[0][:300]}); give the node more memory or run "
+                                   f"fewer trials at once, then finish the search with --resume --name "
+                                   f"{plan.name}") from None
+    log.warning(f"Ray's memory monitor killed trial(s) {', '.join(victims)}: {str(killed).splitlines()[0][:200]}; "
+                f"the search goes on from its last snapshot (a trial killed more than once ends ERROR)")
+    return None

@@ -75,6 +75,7 @@ class TrialTracker(Callback):
         self._last_failure = 0.0
         self.interrupted = False  # told to stop by a signal: the trials still running are closed KILLED after
         self.disk_full: str | None = None  # a trial's error said its disk was full (ENOSPC): the search stops
+        self.stepping = False  # inside a Tune step (on_step_begin without its on_step_end yet)
         self.disk_full_where = "storage"  # which disk: the Tune storage (checkpoints) or MLflow's "artifacts"
         self.artifacts_full: str | None = None  # a run's artifacts did not fit in the MLflow artifact store
 
@@ -129,7 +130,8 @@ class TrialTracker(Callback):
         return True
 
     def on_experiment_end(self, trials, **info):
-        self.close_stopped_at_the_end(trials)
+        if not self.stepping:  # a step that raised: the driver closes or resumes the trials
+            self.close_stopped_at_the_end(trials)
         time.sleep(0.5)  # the last samples of the last trials are pushed as their functions return
         self._log_system_metrics(every_s=0.0)
         for attempt in range(self.final_retries):
@@ -236,6 +238,7 @@ class TrialTracker(Callback):
                       lambda run_id=run_id, metrics=metrics: self.client.log_batch(run_id, metrics=metrics))
 
     def on_step_end(self, iteration, trials, **info):
+        self.stepping = False
         self._log_system_metrics()
 
     def close_stopped_at_the_end(self, trials) -> list[str]:
@@ -299,11 +302,12 @@ class TrialTracker(Callback):
             raise OSError(errno.ENOSPC, f"MLflow artifact store: {full}")
 
     def on_step_begin(self, iteration, trials, **info):
+        self.stepping = True  # until on_step_end: Tune ends the experiment mid-step only when the step raised
         self._stop_if_artifacts_full()
 
     def setup(self, **info):
         self._started = time.monotonic()  # the search's time budget counts from here (also on --resume)
-        self.interrupted = False
+        self.interrupted = self.stepping = False
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         epochs_run = int((trial.last_result or {}).get("epoch", 0))
@@ -337,12 +341,21 @@ class TrialTracker(Callback):
 
 
 def error_text(trial) -> str:
-    """What a failed trial's error says (Tune keeps it in a file under the storage, which may be unreadable)."""
+    """What a failed trial's error says, its exception line first. Tune writes the error file on the driver and
+    copies it to the storage later (after this callback, so the storage's copy is often missing here)."""
     try:
         error = trial.get_error()
+        if not error and trial.error_file and Path(trial.error_file).is_file():
+            error = Path(trial.error_file).read_text()
     except Exception as exc:  # noqa: BLE001 - e.g. an empty error file on a full disk
         return f"trial failed; its error could not be read ({type(exc).__name__}: {exc})"
-    return str(error) if error else "trial failed"
+    if not error:
+        return "trial failed"
+    text = str(error)
+    # The traceback's own lines are indented; "Failure # n" and Ray's coloured task line head each failure.
+    said = [line for line in text.splitlines() if line and not line[0].isspace()
+            and not line.startswith(("Failure # ", "\x1b", "Traceback"))]
+    return f"{said[-1]}\n\n{text}" if said else text
 
 
 NEARLY_FULL_BYTES = 64 * 2**20  # less than this free where checkpoints go: the next one will not fit either

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("auto", "tpe", "gp", "random")
 SCHEDULERS = ("asha", "none")
 GP_MAX_TRIALS = 32  # GPSampler's fit grows with the trials (cubic): beyond this budget TPE is the choice
+TRIAL_RETRIES = 1  # Tune's failure policy: an errored trial (or one killed for memory) is retried once
 
 
 @dataclass(frozen=True)
@@ -180,16 +181,22 @@ def trainable(settings: TrialSettings, runner: str, sampled_as: str | None = Non
     from ray import tune
 
     from tune_ct.track.system import with_system_metrics
+    from tune_ct.train.memory_kills import with_kill_record
+
+    def watched(fn, own_process: bool):
+        if not sampled_as:
+            return fn
+        return with_kill_record(with_system_metrics(fn, sampled_as, sample_every_s, own_process), TRIAL_RETRIES)
 
     if runner == "actor":
         from tune_ct.train.actor import actor_trial
 
-        fn = with_system_metrics(actor_trial, sampled_as, sample_every_s, True) if sampled_as else actor_trial
+        fn = watched(actor_trial, True)
         resources = {"cpu": settings.cpus_per_worker, "gpu": settings.gpus_per_worker}
         return tune.with_resources(tune.with_parameters(fn, settings=settings), resources)
     from tune_ct.train.trial import TRIAL_DRIVER_CPU, tune_trial
 
-    fn = with_system_metrics(tune_trial, sampled_as, sample_every_s, False) if sampled_as else tune_trial
+    fn = watched(tune_trial, False)
     return tune.with_resources(tune.with_parameters(fn, settings=settings), {"cpu": TRIAL_DRIVER_CPU})
 
 
@@ -217,7 +224,7 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
         ),
         run_config=tune.RunConfig(
             name=plan.run_name, storage_path=plan.storage, callbacks=callbacks,
-            failure_config=tune.FailureConfig(max_failures=1),
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
             # 0: Tune prints nothing (the trial table is a callback, tune_ct.track.trial_table); verbose: its default
             # output too. (log_to_file is left off: with reused actors Ray 2.60 flushes a closed log file and warns.)
             verbose=None if plan.verbose else 0,
@@ -229,12 +236,13 @@ def new_tuner(fn, space: Space, plan: TunePlan, callbacks: list):
     )
 
 
-def restored_tuner(fn, plan: TunePlan):
-    """Finished trials stay finished; unfinished and errored ones restart, and each Train run resumes from its own
-    checkpoint (same name under <storage>/train_runs). The searcher and callbacks come back from storage."""
+def restored_tuner(fn, plan: TunePlan, resume_errored: bool = True):
+    """Finished trials stay finished; unfinished (and, with `resume_errored`, errored) ones restart, and each Train
+    run resumes from its own checkpoint (same name under <storage>/train_runs). The searcher and callbacks come
+    back from storage."""
     from ray import tune
 
-    return tune.Tuner.restore(f"{plan.storage}/{plan.run_name}", trainable=fn, resume_errored=True)
+    return tune.Tuner.restore(f"{plan.storage}/{plan.run_name}", trainable=fn, resume_errored=resume_errored)
 
 
 def restored_callback(tuner, kind: type, fallback):
