@@ -45,6 +45,8 @@ VARIANTS = {
     "bnrc": {"bn_recalibrate": True}, "clahe": {"equalize": "clahe"}, "acq_pct": {**ACQ, "film_norm": "percentile"},
     "acq_pct_bnrc": {**ACQ, "film_norm": "percentile", "bn_recalibrate": True},
     "clahe_zscore": {"equalize": "clahe", "film_norm": "zscore"}, "clahe_acq": {**ACQ, "equalize": "clahe"},
+    "gn": {"norm_layer": "group"}, "clahe_gn": {"equalize": "clahe", "norm_layer": "group"},
+    "clahe_acq_gn": {**ACQ, "equalize": "clahe", "norm_layer": "group"},
     "plus_openist": {}, "plus_nih-cxr14": {}, "plus_hannover-mhh": {}, "plus_covid-cxnet": {},
 }
 SETS = {"A": ("hannover-mhh", "openist"), "B": ("covid-cxnet", "nih-cxr14")}  # (a): select A, report B

@@ -130,3 +130,35 @@ def test_batchnorm_statistics_are_recomputed_on_clean_training_films(data_dir, t
     after_epoch = bn.running_mean.clone()
     recalibrate_batchnorm(training, ctx, settings.seed)
     assert torch.allclose(bn.running_mean, after_epoch, atol=1e-5)
+
+
+def test_group_norm_replaces_batch_norm_and_follows_the_checkpoint(films, tmp_path):
+    """norm_layer: group builds the backbone with GroupNorm only (no training statistics to carry to another
+    hospital); saved and rebuilt, and exported to ONNX, it computes what it did; a film's logits do not depend on
+    the other films of its batch, as they do with BatchNorm in training mode."""
+    from tune_ct.registry.onnx_export import export_checked
+
+    torch.manual_seed(2)
+    model = build_model("resnet10t", 64, norm_layer="group")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "GroupNorm" in kinds and not any("BatchNorm" in k for k in kinds)
+    x = to_model_input(films)
+    with torch.no_grad():
+        assert torch.allclose(model.train()(x)[:1], model(x[:1]), atol=1e-5)  # batch-independent, even training
+    model.eval()
+    save_weights(tmp_path / "model.pt", model, checkpoint_meta("resnet10t", 64, hp={"norm_layer": "group"}))
+    loaded, _ = load_checkpoint_model(tmp_path / "model.pt")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    (tmp_path / "onnx").mkdir()
+    check = export_checked(loaded, x, tmp_path / "onnx")
+    assert check.path is not None and check.max_diff <= 1e-4, check.reason
+
+
+def test_group_norm_is_refused_where_it_cannot_be_built():
+    with pytest.raises(ValueError, match="norm_layer: group trains resnet10t from scratch"):
+        build_model("resnet10t", 64, pretrained=True, norm_layer="group")
+    with pytest.raises(ValueError, match="norm_layer: group is not possible for backbone baseline_cnn"):
+        build_model("baseline_cnn", 64, norm_layer="group")
+    with pytest.raises(HyperparameterError, match="norm_layer"):
+        check_value("params.norm_layer", "norm_layer", "layer")

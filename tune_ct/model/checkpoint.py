@@ -116,7 +116,8 @@ def load_checkpoint_model(path: str | Path, folder: Path | None = None) -> tuple
     path = Path(path)
     saved = load_checkpoint_file(path if path.is_file() else path / CHECKPOINT_FILE)
     meta = CheckpointMeta.read(saved, folder)
-    model = build_model(meta.backbone, meta.image_size, film_norm=str(meta.hp.get("film_norm", "none")))
+    model = build_model(meta.backbone, meta.image_size, film_norm=str(meta.hp.get("film_norm", "none")),
+                        norm_layer=str(meta.hp.get("norm_layer", "batch")))
     model.load_state_dict(saved["model"])
     model.eval()
     return model, meta

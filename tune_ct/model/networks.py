@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from tune_ct.data.files import CLASSES
+from tune_ct.model.preprocess import NORM_LAYERS
 
 BASELINE = "baseline_cnn"
 # timm reads `default_cfgs` of the module that registers a model. fixed_input_size makes timm pass the image size
@@ -67,12 +68,15 @@ def is_known_backbone(name: str) -> bool:
 
 
 def build_model(backbone: str, image_size: int, weights: str | None = None, pretrained: bool = False,
-                film_norm: str = "none") -> nn.Module:
+                film_norm: str = "none", norm_layer: str = "batch") -> nn.Module:
     """A fresh model; `weights` is a local file (timm/torch state dict, a tune_ct checkpoint, or .safetensors) and
     wins over `pretrained` (timm's weights for the backbone, from the Hugging Face cache or hub). `film_norm`:
-    per-film standardisation at the start of its forward (standardise_films)."""
+    per-film standardisation at the start of its forward (standardise_films); `norm_layer` (NORM_LAYERS)."""
     if not timm.is_model(backbone):
         raise ValueError(f"unknown backbone {backbone!r}: use {BASELINE} or a timm model name (timm.list_models())")
+    if norm_layer != "batch":
+        return standardise_films(group_norm_model(backbone, image_size, norm_layer, bool(weights) or pretrained),
+                                 film_norm)
     # input_size sets the image size (baseline_cnn's dense layer depends on it); its channel count is the
     # *source* weights' (3 for ImageNet weights, 1 for baseline_cnn), which timm checks before it adapts the
     # first conv to our one channel.
@@ -85,6 +89,29 @@ def build_model(backbone: str, image_size: int, weights: str | None = None, pret
     model = timm.create_model(backbone, pretrained=bool(weights) or pretrained, in_chans=1,
                               num_classes=len(CLASSES), pretrained_cfg_overlay=overlay)
     return standardise_films(model, film_norm)
+
+
+GROUPS = 8  # GroupNorm's groups: divides every width of the ResNet and EfficientNet families
+
+
+def group_norm_model(backbone: str, image_size: int, norm_layer: str, pretrained: bool) -> nn.Module:
+    """The backbone with GroupNorm in place of BatchNorm, from scratch (weights trained with BatchNorm do not fit)."""
+    from functools import partial
+
+    from timm.layers import GroupNorm
+
+    if norm_layer not in NORM_LAYERS:
+        raise ValueError(f"norm_layer must be one of {', '.join(NORM_LAYERS)}, got {norm_layer!r}")
+    if pretrained:
+        raise ValueError(f"norm_layer: group trains {backbone} from scratch; pretrained weights (pretrained: true "
+                         "or --weights) were trained with BatchNorm: use one or the other")
+    overlay = {"input_size": (_source_channels(backbone), image_size, image_size)}
+    try:
+        return timm.create_model(backbone, in_chans=1, num_classes=len(CLASSES), pretrained_cfg_overlay=overlay,
+                                 norm_layer=partial(GroupNorm, num_groups=GROUPS))
+    except (TypeError, ValueError) as exc:  # no norm_layer argument, or a width GROUPS does not divide
+        raise ValueError(f"norm_layer: group is not possible for backbone {backbone} ({str(exc)[:200]}); use "
+                         "norm_layer: batch, or a ResNet or EfficientNet backbone") from None
 
 
 PERCENTILES = (0.01, 0.99)

@@ -20,6 +20,10 @@ EQUALIZE = ("none", "hist", "clahe")
 # Per-film intensity standardisation, done inside the network's forward (tune_ct.model.networks.standardise_films)
 # rather than in the cache: it is a function of the film alone and must follow the model wherever it goes.
 FILM_NORMS = ("none", "zscore", "percentile")
+# The network's normalisation layers (tune_ct.model.networks): batch, the backbone's BatchNorm (its statistics are
+# the training hospitals'); group, GroupNorm, which normalises each film by itself and keeps no training
+# statistics (Wu & He 2018). Named here, beside the film norms, so settings are checked without importing torch.
+NORM_LAYERS = ("batch", "group")
 # CLAHE as usually applied to chest films: 8x8 tiles, contrast limited at 2x the mean histogram bin.
 CLAHE_CLIP, CLAHE_TILES = 2.0, (8, 8)
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from tune_ct.model.preprocess import EQUALIZE, FILM_NORMS
+from tune_ct.model.preprocess import EQUALIZE, FILM_NORMS, NORM_LAYERS
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -44,6 +44,8 @@ class Hyperparameters:
     # BatchNorm statistics recomputed on clean training films after each epoch, before the val (and select-on)
     # metrics are taken: the figures the search sees are those of the model it keeps.
     bn_recalibrate: bool = False
+    # batch | group: GroupNorm in place of BatchNorm (no statistics of the training hospitals kept; from scratch).
+    norm_layer: str = "batch"
     precision: str = "auto"  # auto: bf16 autocast where the CPU or GPU runs it fast, else fp32
     # Film preprocessing, applied before resizing and cached like the images (the cache key includes it).
     equalize: str = "none"
@@ -80,7 +82,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "aug_rotation_deg": (0.0, 45.0), "aug_crop_scale_min": (0.05, 1.0), "aug_brightness": (0.0, 0.5),
     "aug_contrast": (0.0, 0.9), "aug_gamma": (0.0, 1.0), "aug_blur": (0.0, 1.0), "aug_noise": (0.0, 0.2),
 }
-CHOICES = {"precision": PRECISIONS, "equalize": EQUALIZE, "film_norm": FILM_NORMS}
+CHOICES = {"precision": PRECISIONS, "equalize": EQUALIZE, "film_norm": FILM_NORMS, "norm_layer": NORM_LAYERS}
 
 
 class HyperparameterError(ValueError):

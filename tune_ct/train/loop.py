@@ -155,7 +155,8 @@ def setup_training(hp: Hyperparameters, settings: TrialSettings, ctx: LoopContex
     train_idx, val_idx = data.indices("train"), data.indices("val")
 
     torch.manual_seed(settings.seed)
-    model = build_model(hp.backbone, hp.image_size, settings.weights.get(hp.backbone), hp.pretrained, hp.film_norm)
+    model = build_model(hp.backbone, hp.image_size, settings.weights.get(hp.backbone), hp.pretrained, hp.film_norm,
+                        hp.norm_layer)
     model = ctx.prepare_model(model.to(memory_format=torch.channels_last))
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     steps = steps_per_epoch(len(train_idx) // ctx.world_size, hp.batch_size)  # each rank's equal shard
