@@ -390,6 +390,42 @@ def run_cli_searches(args) -> None:
         run_search(args, "gp", seed)
 
 
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Mean of a - b over seeds, with a t interval (95%)."""
+    d = np.array(a) - np.array(b)
+    half = T95.get(len(d) - 1, 2.0) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    return {"mean": round(float(d.mean()), 4), "ci95": [round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)]}
+
+
+def arm_summary(per_seed: list[dict], runs: list[SearchRun], budget: int) -> dict:
+    """Per arm, over seeds: how often it reached random's best within half the budget, its best val within the
+    budget and its winners' locked-test macro-F1, each paired by seed with random and with random_asha."""
+    best = {(r.method, r.seed): r.best[min(budget, len(r.best)) - 1] for r in runs}
+    test = {(r.method, r.seed): r.winner_test_macro_f1 for r in runs}
+    out = {}
+    for arm in sorted({row["arm"] for row in per_seed}):
+        rows = [row for row in per_seed if row["arm"] == arm]
+        seeds = [row["seed"] for row in rows]
+        out[arm] = {"seeds": seeds,
+                    "reached_random_best_within_half": sum(1 for row in rows if row["fraction_of_budget"] is not None
+                                                           and row["fraction_of_budget"] <= 0.5),
+                    "mean_best_val_within_budget": round(float(np.mean([best[(arm, s)] for s in seeds])), 4),
+                    "mean_winner_test_macro_f1": round(float(np.mean([test[(arm, s)] for s in seeds])), 4),
+                    "best_val_minus_random": paired([best[(arm, s)] for s in seeds], [best[("random", s)] for s in seeds]),
+                    "test_minus_random": paired([test[(arm, s)] for s in seeds], [test[("random", s)] for s in seeds])}
+        both = [s for s in seeds if ("random_asha", s) in best]
+        if arm != "random_asha" and both:
+            out[arm]["best_val_minus_random_asha"] = paired([best[(arm, s)] for s in both],
+                                                            [best[("random_asha", s)] for s in both])
+    out["random"] = {"mean_best_val_within_budget": round(float(np.mean(
+        [best[("random", s)] for s in {row["seed"] for row in per_seed}])), 4), "mean_winner_test_macro_f1": round(
+        float(np.mean([test[("random", s)] for s in {row["seed"] for row in per_seed}])), 4)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
@@ -426,8 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     warm = [w for seed in args.seeds if (w := warm_comparison(args, seed, runs))]
     for w in warm:
         print(json.dumps(w), flush=True)
+    arms = arm_summary(per_seed, runs, budget) if per_seed else {}
+    print(json.dumps(arms, indent=1), flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "settings": {k: str(v) for k, v in vars(args).items()},
-              "budget_trial_epochs": budget, "per_seed": per_seed, "warm_start": warm, "runs": [asdict(r) for r in runs]}
+              "budget_trial_epochs": budget, "arms": arms, "per_seed": per_seed, "warm_start": warm, "runs": [asdict(r) for r in runs]}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
