@@ -56,6 +56,13 @@ def last_epoch(folder: Path) -> int:
     return max([int(m.group(1)) for log in folder.glob("*.log") for m in EPOCH_ROW.finditer(log.read_text())] or [0])
 
 
+def as_in_a_terminal() -> None:
+    """The search starts as from a terminal: SIGINT and SIGHUP not ignored. (A test run started in the background,
+    `nohup ./.ci/run &`, passes them on ignored, and the search keeps an ignored SIGINT ignored, by convention.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def run_until_a_new_epoch(command: list[str], folder: Path, env: dict, client: MlflowClient, log: Path,
                           alongside=None):
     """Start the search and return it once its console shows an epoch later than any before (it is then
@@ -63,7 +70,7 @@ def run_until_a_new_epoch(command: list[str], folder: Path, env: dict, client: M
     machine trained a whole trial while the test's first MLflow query of a new store was still running."""
     before = last_epoch(folder)
     proc = subprocess.Popen(command, cwd=folder, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
+                            start_new_session=True, env=env, preexec_fn=as_in_a_terminal)
     if alongside is not None:
         alongside(proc)
     deadline = time.monotonic() + 480
