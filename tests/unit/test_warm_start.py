@@ -64,3 +64,17 @@ def test_a_named_study_that_does_not_fit_is_refused_by_name(tmp_path):
         warm_start(url, "new", "old", IDENTITY, OLD, {})
     with pytest.raises(StudyError, match="no study nope"):
         warm_start(url, "new", "nope", IDENTITY, OLD, {})
+
+
+def test_a_pruned_trial_keeps_the_value_optuna_gave_it(tmp_path):
+    """Optuna records a pruned trial's last intermediate value as its value; the imported copy keeps it."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="night1", storage=url, direction="maximize")
+    for key, value in {TRUTHFUL_ATTR: True, FIXED_ATTR: {}, **IDENTITY}.items():
+        study.set_user_attr(key, value)
+    study.add_trial(create_trial(params={"lr": 1e-3, "batch_size": 16}, distributions=OLD, state=TrialState.PRUNED,
+                                 value=0.31, intermediate_values={1: 0.31}))
+    create_search_study(url, "night2", (("val_macro_f1", "max"),), {**IDENTITY})
+    assert warm_start(url, "night2", "night1", IDENTITY, OLD, {}).imported == 1
+    copy = optuna.load_study(study_name="night2", storage=url).trials[0]
+    assert (copy.state, copy.value, copy.intermediate_values) == (TrialState.PRUNED, 0.31, {1: 0.31})

@@ -47,10 +47,11 @@ def rebuilt(trial, distributions: dict, fixed: dict, old_fixed: dict):
     params = {name: seen[name] for name in distributions if name in seen}
     if len(params) != len(distributions) or not all(fits(distributions[k], v) for k, v in params.items()):
         return None
+    # A pruned trial keeps the value Optuna gave it (its last intermediate value), as in its own study.
     value = {"values": trial.values} if len(trial.values or []) > 1 else {"value": trial.value}
     return create_trial(params=params, distributions=distributions, state=trial.state,
                         intermediate_values=dict(trial.intermediate_values), user_attrs=dict(trial.user_attrs),
-                        **(value if trial.state.name == "COMPLETE" else {}))
+                        **(value if trial.values is not None else {}))
 
 
 def candidates(storage, name: str, asked: str) -> list[str]:
