@@ -47,6 +47,7 @@ VARIANTS = {
     "clahe_zscore": {"equalize": "clahe", "film_norm": "zscore"}, "clahe_acq": {**ACQ, "equalize": "clahe"},
     "gn": {"norm_layer": "group"}, "clahe_gn": {"equalize": "clahe", "norm_layer": "group"},
     "clahe_acq_gn": {**ACQ, "equalize": "clahe", "norm_layer": "group"},
+    "ep8": {"epochs": 8}, "clahe_acq_ep8": {**ACQ, "equalize": "clahe", "epochs": 8},
     "plus_openist": {}, "plus_nih-cxr14": {}, "plus_hannover-mhh": {}, "plus_covid-cxnet": {},
 }
 SETS = {"A": ("hannover-mhh", "openist"), "B": ("covid-cxnet", "nih-cxr14")}  # (a): select A, report B
