@@ -10,6 +10,7 @@ and `startup_trials`):
   tpe_asha_10    the search before issue 20: TPE with Optuna's fixed 10 random start-up trials + ASHA grace 1, rf 2;
   auto           the new default: `--sampler auto` under the CPU spaces' ASHA (grace 2, rf 2), which resolves to
                  TPE with a quarter of the samples as random start-up;
+  auto_g1        `--sampler auto` under ASHA grace 1, rf 2, with 1.5x the samples (TPE, a quarter of them start-up);
   gp             `--sampler auto --scheduler none` (resolves to GPSampler): every trial runs to its end.
 The early-stopping arms get --asha-trials samples; every arm is cut at the random search's budget. The seed picks
 the data subset (`--limit-per-class`, as the CLI does), the samplers and training; all arms of one seed see the
@@ -59,6 +60,7 @@ ARMS = {"random": Arm("random", "none", early_stopping=False),
         "auto": Arm("auto", "asha"),
         "random_asha": Arm("random", "asha"),
         "tpe_asha_10": Arm("tpe", "asha", grace=1, startup="10", samples=1.5),
+        "auto_g1": Arm("auto", "asha", grace=1, samples=1.5),
         "gp": Arm("auto", "none", early_stopping=False),
         "warm": Arm("auto", "asha", warm=True)}
 
@@ -128,6 +130,12 @@ def analyse(out: Path, method: str, seed: int) -> SearchRun | None:
     return SearchRun(method, seed, list(range(1, len(rows) + 1)), curve, summary["trials"],
                      float(summary["val_metrics"]["val_macro_f1"]), float(summary["test_metrics"]["macro_f1"]),
                      at or len(rows), float(summary["seconds"]), [order[r["trial"]] for r in rows])
+
+
+def previous_runs(path: Path, arms: set[str], seeds: set[int]) -> list[SearchRun]:
+    """Runs of an earlier result file (same data, seeds and budget) for the arms not run again."""
+    rows = json.loads(path.read_text())["runs"]
+    return [SearchRun(**r) for r in rows if r["method"] not in arms and r["seed"] in seeds]
 
 
 def trials_to_reach(run: SearchRun, target: float) -> int | None:
@@ -441,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=["inproc", "cli"], default="inproc")
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--analyse-only", action="store_true")
+    p.add_argument("--previous", type=Path, help="an earlier --json: its runs of arms not in --arms join the comparison")
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
@@ -451,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.analyse_only:
             run_cli_searches(args)
         runs = [r for seed in args.seeds for m in args.arms if (r := analyse(args.out, m, seed))]
+        runs += previous_runs(args.previous, set(args.arms), set(args.seeds)) if args.previous else []
     else:
         runs = inproc_runs(args, budget)
     per_seed = []
