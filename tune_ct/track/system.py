@@ -21,6 +21,9 @@ import time
 
 log = logging.getLogger(__name__)
 SINK_PREFIX = "tune_ct-system-metrics-"
+# The first sample comes soon, so that a trial stopped after a short first epoch (by ASHA, or a tiny test trial)
+# has one: a stopped trial's function may never return to push its last sample.
+FIRST_SAMPLE_S = 0.2
 
 
 def sink_name(run_name: str) -> str:
@@ -85,8 +88,8 @@ def sample(process, gpus) -> dict[str, float]:
 
 
 class Sampler:
-    """A daemon thread in the trial's process: a sample after one second (CPU percentages need an interval),
-    then every `interval_s`, and one as the trial function returns."""
+    """A daemon thread in the trial's process: a sample after FIRST_SAMPLE_S (CPU percentages need an interval),
+    then every `interval_s`, and one, confirmed by the sink, as the trial function returns."""
 
     def __init__(self, sink, trial_id: str, interval_s: float, own_process: bool):
         import psutil
@@ -100,14 +103,18 @@ class Sampler:
             self.process.cpu_percent(interval=None)
         self._thread = threading.Thread(target=self._run, name="tune_ct-system-metrics", daemon=True)
 
-    def _push(self) -> None:
+    def _push(self, wait_s: float | None = None) -> None:
+        import ray
+
         try:
-            self.sink.put.remote(self.trial_id, {"time": time.time(), **sample(self.process, self.gpus)})
+            ref = self.sink.put.remote(self.trial_id, {"time": time.time(), **sample(self.process, self.gpus)})
+            if wait_s:
+                ray.get(ref, timeout=wait_s)
         except Exception as exc:  # noqa: BLE001 - a missing sample must never fail the trial
             log.debug(f"system metrics sample lost: {exc}")
 
     def _run(self) -> None:
-        wait = min(1.0, self.interval_s)
+        wait = min(FIRST_SAMPLE_S, self.interval_s)
         while not self._stop.wait(wait):
             self._push()
             wait = self.interval_s
@@ -118,7 +125,9 @@ class Sampler:
 
     def __exit__(self, *exc):
         self._stop.set()
-        self._push()
+        # Confirmed before the trial function returns, so the driver's last drain finds it: a trial shorter than
+        # the first interval has no other sample, and an unconfirmed one was lost on a loaded machine.
+        self._push(wait_s=10.0)
         return False
 
 

@@ -132,7 +132,6 @@ class TrialTracker(Callback):
     def on_experiment_end(self, trials, **info):
         if not self.stepping:  # a step that raised: the driver closes or resumes the trials
             self.close_stopped_at_the_end(trials)
-        time.sleep(0.5)  # the last samples of the last trials are pushed as their functions return
         self._log_system_metrics(every_s=0.0)
         for attempt in range(self.final_retries):
             if self._flush():
