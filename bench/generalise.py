@@ -48,6 +48,9 @@ VARIANTS = {
     "gn": {"norm_layer": "group"}, "clahe_gn": {"equalize": "clahe", "norm_layer": "group"},
     "clahe_acq_gn": {**ACQ, "equalize": "clahe", "norm_layer": "group"},
     "ep8": {"epochs": 8}, "clahe_acq_ep8": {**ACQ, "equalize": "clahe", "epochs": 8},
+    "crop": {"lung_crop": True}, "crop_ep8": {"lung_crop": True, "epochs": 8},
+    "clahe_acq_crop_ep8": {**ACQ, "equalize": "clahe", "lung_crop": True, "epochs": 8},
+    "clahe_zscore_ep8": {"equalize": "clahe", "film_norm": "zscore", "epochs": 8},
     "plus_openist": {}, "plus_nih-cxr14": {}, "plus_hannover-mhh": {}, "plus_covid-cxnet": {},
 }
 SETS = {"A": ("hannover-mhh", "openist"), "B": ("covid-cxnet", "nih-cxr14")}  # (a): select A, report B
@@ -81,8 +84,8 @@ def prepared(args, variant: str):
     return prepare(settings), settings
 
 
-def train(args, variant: str, seed: int, prep, folder: Path) -> Path:
-    """The product's loop, the best val epoch's checkpoint kept in folder/best."""
+def train(args, variant: str, seed: int, prep, folder: Path) -> tuple[Path, float]:
+    """The product's loop: the best val epoch's checkpoint (kept in folder/best) and its val macro-F1."""
     import torch
 
     from tune_ct.train.loop import LoopContext, fit, save_epoch
@@ -98,10 +101,20 @@ def train(args, variant: str, seed: int, prep, folder: Path) -> Path:
         return 0.0
 
     settings = TrialSettings(str(prep.trainval_path), str(args.out / "work" / "cache"), str(folder), variant,
-                             seed=seed, cpus_per_worker=float(args.threads))
+                             seed=seed, cpus_per_worker=float(args.threads), segmenter_path=segmenter(args, variant, prep))
     ctx = LoopContext(0, 1, torch.device("cpu"), lambda m: m, report, lambda: None)
     fit({**RECIPE, **VARIANTS[variant]}, settings, ctx)
-    return folder / "best"
+    return folder / "best", best["value"]
+
+
+def segmenter(args, variant: str, prep) -> str | None:
+    """The dataset's lung segmenter (trained once, seed 0, cached in the work folder) for lung_crop variants."""
+    if not VARIANTS[variant].get("lung_crop"):
+        return None
+    from tune_ct.data.workdir import WorkFolder
+    from tune_ct.train.segmenter import ensure_segmenter
+
+    return str(ensure_segmenter(prep, WorkFolder(args.out / "work"), 0)[0])
 
 
 def score(args, checkpoint: Path, prep, settings, trained_on: set[str]) -> dict:
@@ -136,9 +149,9 @@ def run_one(args, variant: str, seed: int) -> dict:
     prep, settings = prepared(args, variant)
     trained_on = {variant[len("plus_"):]} if variant.startswith("plus_") else set()
     started = time.monotonic()
-    checkpoint = train(args, variant, seed, prep, args.out / "runs" / f"{variant}-s{seed}")
+    checkpoint, val = train(args, variant, seed, prep, args.out / "runs" / f"{variant}-s{seed}")
     row = {"variant": variant, "seed": seed, "params": {**RECIPE, **VARIANTS[variant]},
-           "train_seconds": round(time.monotonic() - started, 1),
+           "train_seconds": round(time.monotonic() - started, 1), "val_macro_f1": round(val, 4),
            **score(args, checkpoint, prep, settings, trained_on)}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row, indent=1))

@@ -382,3 +382,26 @@ def test_search_report_lists_the_external_evaluations(evaluated, store):
     assert r["content_hash"] in row and "| 27 |" in row and "COVID, Normal, Viral Pneumonia" in row
     assert f"{r['macro_f1']:.3f}" in row
     assert "Not evaluated" in "\n".join(external_section(store["client"], store["source_run"], (NAME, "9")))
+
+
+def test_selection_on_single_class_origins_is_warned(tmp_path, capsys):
+    """Two origins of one class each (hannover-mhh all COVID, openist all Normal): origin tells the class, so
+    selecting on them rewards telling collections apart; a set whose origins mix classes is not warned about."""
+    from tune_ct.data.external_set import ExternalEntry, ExternalSet
+    from tune_ct.search.console import announce_selection
+
+    def films(rows):
+        return ExternalSet("sel", tmp_path, [ExternalEntry(f"f{i}.png", label, f"sha{i}", origin)
+                                             for i, (label, origin) in enumerate(rows)])
+
+    confounded = films([("COVID", "hannover-mhh")] * 3 + [("Normal", "openist")] * 4)
+    assert confounded.one_class_origins() == {"hannover-mhh": "COVID", "openist": "Normal"}
+    announce_selection(confounded, "ext_val_macro_f1")
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "hannover-mhh: COVID, openist: Normal" in out
+    mixed = films([("COVID", "covid-cxnet"), ("Normal", "nih-cxr14"), ("Lung_Opacity", "nih-cxr14")])
+    unnamed = films([("COVID", "unknown"), ("Normal", "unknown")])
+    one_class = films([("Normal", "openist")] * 2)
+    assert [s.one_class_origins() for s in (mixed, unnamed, one_class)] == [None, None, None]
+    announce_selection(mixed, "ext_val_macro_f1")
+    assert "WARNING" not in capsys.readouterr().out

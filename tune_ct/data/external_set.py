@@ -74,6 +74,17 @@ class ExternalSet:
     def origins(self) -> dict[str, str]:
         return {e.file: e.origin for e in self.entries if e.origin != "unknown"}
 
+    def one_class_origins(self) -> dict[str, str] | None:
+        """{origin: its one class} when the set's classes come each from other origins (origin tells the class),
+        else None. Selecting on such a set rewards a model that tells the collections apart: chosen on two
+        single-class origins, levers did not carry to other hospitals (BENCHMARKS.md, the external protocol)."""
+        held: dict[str, set[str]] = {}
+        for e in self.entries:
+            held.setdefault(e.origin, set()).add(e.label)
+        if "unknown" in held or len(self.classes_present) < 2 or any(len(c) > 1 for c in held.values()):
+            return None
+        return {origin: next(iter(classes)) for origin, classes in sorted(held.items())}
+
 
 def check_name(name: str, from_folder: bool = False) -> str:
     if not NAME_PATTERN.fullmatch(name):

@@ -26,6 +26,12 @@ def announce(name: str, context, verbose: bool, study_storage: str | None) -> No
 def announce_selection(films, metric: str) -> None:
     say(f"selecting on {films.name} ({films.root}): {len(films.entries)} films, classes "
         f"{', '.join(films.classes_present)}, content hash {films.content_hash}; metric {metric}")
+    confounded = films.one_class_origins()
+    if confounded:
+        say("WARNING: in the select-on set each origin holds one class ("
+            + ", ".join(f"{o}: {c}" for o, c in confounded.items()) + "), so a model that tells these collections "
+            "apart scores well on it without reading the disease; prefer origins that hold several classes, or "
+            "check the winner on a held-out origin (--holdout-origin)")
 
 
 def announce_links(tracking_uri: str, experiment_id: str, run_id: str) -> None:
