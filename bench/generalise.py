@@ -51,6 +51,7 @@ VARIANTS = {
     "crop": {"lung_crop": True}, "crop_ep8": {"lung_crop": True, "epochs": 8},
     "clahe_acq_crop_ep8": {**ACQ, "equalize": "clahe", "lung_crop": True, "epochs": 8},
     "clahe_zscore_ep8": {"equalize": "clahe", "film_norm": "zscore", "epochs": 8},
+    "clahe_gn_ep8": {"equalize": "clahe", "norm_layer": "group", "epochs": 8},
     "plus_openist": {}, "plus_nih-cxr14": {}, "plus_hannover-mhh": {}, "plus_covid-cxnet": {},
 }
 SETS = {"A": ("hannover-mhh", "openist"), "B": ("covid-cxnet", "nih-cxr14")}  # (a): select A, report B
