@@ -52,6 +52,8 @@ VARIANTS = {
     "clahe_acq_crop_ep8": {**ACQ, "equalize": "clahe", "lung_crop": True, "epochs": 8},
     "clahe_zscore_ep8": {"equalize": "clahe", "film_norm": "zscore", "epochs": 8},
     "clahe_gn_ep8": {"equalize": "clahe", "norm_layer": "group", "epochs": 8},
+    # ImageNet weights (bench/lite0_weights.py; pass --weights efficientnet_lite0=FILE), fine-tuned at a lower lr
+    "lite0_clahe_acq_ep8": {**ACQ, "equalize": "clahe", "epochs": 8, "backbone": "efficientnet_lite0", "lr": 1.0e-3},
     "plus_openist": {}, "plus_nih-cxr14": {}, "plus_hannover-mhh": {}, "plus_covid-cxnet": {},
 }
 SETS = {"A": ("hannover-mhh", "openist"), "B": ("covid-cxnet", "nih-cxr14")}  # (a): select A, report B
@@ -102,7 +104,8 @@ def train(args, variant: str, seed: int, prep, folder: Path) -> tuple[Path, floa
         return 0.0
 
     settings = TrialSettings(str(prep.trainval_path), str(args.out / "work" / "cache"), str(folder), variant,
-                             seed=seed, cpus_per_worker=float(args.threads), segmenter_path=segmenter(args, variant, prep))
+                             seed=seed, cpus_per_worker=float(args.threads), segmenter_path=segmenter(args, variant, prep),
+                             weights=dict(w.split("=", 1) for w in args.weights))
     ctx = LoopContext(0, 1, torch.device("cpu"), lambda m: m, report, lambda: None)
     fit({**RECIPE, **VARIANTS[variant]}, settings, ctx)
     return folder / "best", best["value"]
@@ -210,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument("--weights", action="append", default=[], metavar="BACKBONE=FILE",
+                   help="local pretrained weights, as the search takes them (bench/lite0_weights.py)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [run_one(args, v, s) for s in args.seeds for v in args.variants]
