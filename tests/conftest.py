@@ -13,15 +13,6 @@ from helpers.servers import start_mlflow_server, stop_process
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (`-n 2 --dist loadgroup`, the README's command) the system tests run one after another on
-    one worker: they start Ray clusters, servers and searches sized for the machine, and one stops every Ray
-    process on it (`ray stop --force`). The unit tests, which start none of these, share the other worker."""
-    for item in items:
-        if item.path.parent.name == "system":
-            item.add_marker(pytest.mark.xdist_group("system"))
-
-
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared real X-rays (TUNE_CT_DATA, as .ci/run sets it)."""
