@@ -48,7 +48,7 @@ VARIANTS = {
     "gn": {"norm_layer": "group"}, "clahe_gn": {"equalize": "clahe", "norm_layer": "group"},
     "clahe_acq_gn": {**ACQ, "equalize": "clahe", "norm_layer": "group"},
     "ep8": {"epochs": 8}, "clahe_acq_ep8": {**ACQ, "equalize": "clahe", "epochs": 8},
-    "crop": {"lung_crop": True}, "crop_ep8": {"lung_crop": True, "epochs": 8},
+    "crop": {"lung_crop": True},
     "clahe_acq_crop_ep8": {**ACQ, "equalize": "clahe", "lung_crop": True, "epochs": 8},
     "clahe_zscore_ep8": {"equalize": "clahe", "film_norm": "zscore", "epochs": 8},
     "clahe_gn_ep8": {"equalize": "clahe", "norm_layer": "group", "epochs": 8},
@@ -104,7 +104,8 @@ def train(args, variant: str, seed: int, prep, folder: Path) -> tuple[Path, floa
         return 0.0
 
     settings = TrialSettings(str(prep.trainval_path), str(args.out / "work" / "cache"), str(folder), variant,
-                             seed=seed, cpus_per_worker=float(args.threads), segmenter_path=segmenter(args, variant, prep),
+                             seed=seed, cpus_per_worker=float(args.threads),
+                             segmenter_path=segmenter(args, variant, prep),
                              weights=dict(w.split("=", 1) for w in args.weights))
     ctx = LoopContext(0, 1, torch.device("cpu"), lambda m: m, report, lambda: None)
     fit({**RECIPE, **VARIANTS[variant]}, settings, ctx)
