@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
-    args.out = args.out.resolve()
+    args.out, args.data = args.out.resolve(), args.data.resolve()  # each search runs in its own folder
     args.out.mkdir(parents=True, exist_ok=True)
     budget = args.random_trials * args.epochs
     if args.mode == "cli":
