@@ -194,7 +194,7 @@ def run_search(args, method: str, seed: int) -> None:
         print(f"{name}: done already", flush=True)
         return
     limit = ["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []  # 0: the full set
-    cmd = [sys.executable, "-m", "tune_ct.search", "--data", args.data, "--space", str(space), *limit,
+    cmd = [sys.executable, "-m", "tune_ct.search", "--data", str(args.data), "--space", str(space), *limit,
            "--seed", str(seed), "--num-samples", str(num_samples),
            "--workdir", str(args.out / "wd"), "--storage", str(args.out / "ray_results"), "--name", name,
            "--tracking-uri", f"sqlite:///{args.out / 'mlflow.db'}", "--experiment", "search_efficiency",
@@ -436,7 +436,7 @@ def arm_summary(per_seed: list[dict], runs: list[SearchRun], budget: int) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="working folder (runs, logs, MLflow, Ray storage)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--limit-per-class", type=int, default=200, help="films per class per seed; 0: the full set")
