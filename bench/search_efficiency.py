@@ -319,7 +319,7 @@ def plot(runs: list[SearchRun], budget: int, path: Path) -> None:
 
     fig, ax = pyplot().subplots(figsize=(5.5, 3.6), dpi=90)
     colors = {"random": "tab:gray", "random_asha": "tab:olive", "tpe_asha_10": "tab:orange", "auto": "tab:blue",
-              "gp": "tab:purple"}
+              "gp": "tab:purple", "auto_g1": "tab:green"}
     grid = np.arange(1, budget + 1)
     for method, color in colors.items():
         curves = []
