@@ -23,9 +23,6 @@ import numpy as np
 from generalise import SETS, T95, labels_of, prepared  # bench/generalise.py, beside this script
 from machine import cpu_model
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 
 def member(args, variant: str, seed: int, prep, settings) -> dict:
     """One seed's evaluations: the dev set's locked test films, then A and B."""

@@ -30,13 +30,11 @@ def search_cmd(data: Path, *extra: str, space: Path = TINY) -> list[str]:
             "16", "--experiment", "team", *extra]
 
 
-def space_with_runner(tmp_path: Path, runner: str) -> Path:
+def train_runner_space(tmp_path: Path) -> Path:
     space = yaml.safe_load(TINY.read_text())
-    space["search"]["runner"] = runner
-    if runner == "actor":  # its trials start in about a second: longer ones leave time to kill the driver mid-search
-        space["params"].update(epochs=8, image_size=64)
-    (tmp_path / f"{runner}.yaml").write_text(yaml.safe_dump(space))
-    return tmp_path / f"{runner}.yaml"
+    space["search"]["runner"] = "train"
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(space))
+    return tmp_path / "train.yaml"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -99,10 +97,9 @@ def children_of(client: MlflowClient, parent_id: str):
 # shared code, and the actor runner's resume from a hard stop mid-trial is test_stop_signals.py's (three times);
 # the actor case here cost ~45 s of CI time for no other claim.
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("runner", ["train"])
-def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_dir, runner):
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path, data_dir):
     data_dir = make_small_dataset(data_dir, tmp_path / "data" / "COVID-19_Radiography_Dataset", per_class=24)
-    space = space_with_runner(tmp_path, runner)
+    space = train_runner_space(tmp_path)
     server, uri = start_mlflow_server(tmp_path / "mlflow")
     client = MlflowClient(uri)
     storage = tmp_path / "storage"
