@@ -28,6 +28,15 @@ def sources_csv(data_dir) -> Path:
     return data_dir.parent / "sources.csv"
 
 
+@pytest.fixture(scope="session")
+def dev_films(data_dir, tmp_path_factory) -> Path:
+    """64 real films per class in the Kaggle layout, copied once per session, for the searches that do not need the
+    whole dev set (read-only: tests that change films take their own copy): hashing all 9,452 films costs each
+    search in a fresh folder ~10 s. The shared search (system/conftest.py) runs on the whole set."""
+    return make_small_dataset(data_dir, tmp_path_factory.mktemp("dev_films") / "COVID-19_Radiography_Dataset",
+                              per_class=64)
+
+
 @pytest.fixture
 def small_dataset(data_dir, tmp_path) -> Path:
     return make_small_dataset(data_dir, tmp_path / "COVID-19_Radiography_Dataset", per_class=12)

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def distinct_ports(n: int) -> list[int]:
-    """n free ports, no two alike (free_port() may hand out a port twice once it is released)."""
+def distinct_ports(n: int, taken: set[int] = frozenset()) -> list[int]:
+    """n free ports, no two alike and none in `taken` (free_port() may hand out a port twice once it is released,
+    and the ports of a node still starting are not bound yet)."""
     out: list[int] = []
     while len(out) < n:
         port = free_port()
-        if port not in out:
+        if port not in out and port not in taken:
             out.append(port)
     return out
 
@@ -46,6 +47,7 @@ class Node:
     proc: subprocess.Popen
     log: Path
     worker_lo: int = 0  # first port of this node's private worker-port range
+    ports: tuple[int, ...] = ()  # the ports it was given
 
     def pids(self) -> list[int]:
         """Every live process of this node (ray start, raylet, agents, workers): they share its process group."""
@@ -69,10 +71,19 @@ class Node:
                 pass
         return None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    def started(self) -> bool:
+        """`ray start` has printed that this node runs (for a worker: it has registered with the head's GCS)."""
+        return self.log.is_file() and "Ray runtime started." in self.log.read_text(errors="replace")
+
+    def send(self, sig: int = signal.SIGTERM) -> bool:
         try:
             os.killpg(self.proc.pid, sig)
+            return True
         except ProcessLookupError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if not self.send(sig):
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.pids():
@@ -98,20 +109,20 @@ class LocalCluster:
     nodes: list[Node] = field(default_factory=list)
 
     def add_worker(self, name: str, num_cpus: float = 1, resources: dict | None = None, timeout: float = 120) -> Node:
-        before = self.alive_nodes()
+        """Start a worker node and return once it has joined: `ray start` prints "Ray runtime started." only after
+        the head's GCS has the new node (a file read here; `ray status` is a ~2 s CLI start per call). One at a
+        time: three `ray start` at once on one IP all failed "Failed to get node info"."""
         for attempt in range(3):  # a loaded machine can time out a raylet's registration ("Deadline Exceeded")
             node = _start(self, name, ["--address", self.address], num_cpus, resources)
             self.nodes.append(node)
             deadline = time.monotonic() + timeout
             while node.proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    if self.alive_nodes() > before:
-                        return node
-                except subprocess.TimeoutExpired:
-                    pass
-                time.sleep(1)
+                if node.started():
+                    return node
+                time.sleep(0.2)
             node.stop()
-        raise RuntimeError(f"node {name} did not join {self.address}: see {node.log}")
+            node.log.rename(node.log.with_suffix(f".failed{attempt + 1}.log"))  # kept for the reader
+        raise RuntimeError(f"node {name} did not join {self.address}: see {self.folder}/{name}.failed*.log")
 
     def alive_nodes(self) -> int:
         out = subprocess.run([_ray(), "status", "--address", self.address], capture_output=True, text=True,
@@ -122,19 +133,25 @@ class LocalCluster:
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.nodes[0].proc.poll() is None:  # a head that exited: say so now
             try:
                 if self.alive_nodes() >= n:
                     return
             except subprocess.TimeoutExpired:
                 pass
             time.sleep(1)
-        raise RuntimeError(f"cluster at {self.address}: fewer than {n} nodes alive after {timeout:g}s; see the "
-                           f"logs in {self.folder}")
+        why = "the head exited" if self.nodes[0].proc.poll() is not None else f"after {timeout:g}s"
+        raise RuntimeError(f"cluster at {self.address}: fewer than {n} nodes alive ({why}); see the logs in "
+                           f"{self.folder}")
 
     def stop(self, remove_logs: bool = True) -> None:
-        for node in reversed(self.nodes):  # workers first, head last
+        workers, head = self.nodes[1:], self.nodes[:1]
+        for node in workers:  # all workers told at once (each drains for a few seconds), the head last
+            node.send()
+        for node in workers:
             node.stop()
+        for node in head:  # nothing left to drain: its GCS took the whole 10 s to exit on SIGTERM
+            node.stop(timeout=3.0)
         if remove_logs:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
@@ -162,9 +179,11 @@ def _ray() -> str:
     return str(here) if here.exists() else "ray"
 
 
-def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, resources: dict | None) -> Node:
+def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, resources: dict | None,
+           reserved: tuple[int, ...] = ()) -> Node:
+    """`reserved`: ports this node takes in `extra` (the head's GCS, dashboard, client server)."""
     log = cluster.folder / f"{name}.log"
-    distinct = distinct_ports(6)
+    distinct = distinct_ports(6, {*reserved, *(port for node in cluster.nodes for port in node.ports)})
     ports = {
         "--node-manager-port": distinct[0], "--object-manager-port": distinct[1],
         "--dashboard-agent-listen-port": distinct[2], "--dashboard-agent-grpc-port": distinct[3],
@@ -189,7 +208,7 @@ def _start(cluster: LocalCluster, name: str, extra: list[str], num_cpus: float, 
     env = {**cluster.env, "RAY_ADDRESS": cluster.address}
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)  # its own process group: stop() kills exactly this node
-    return Node(name, proc, log, worker_lo)
+    return Node(name, proc, log, worker_lo, (*distinct, *reserved))
 
 
 def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict | None = None,
@@ -201,7 +220,7 @@ def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict
     if not token.exists():
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port, client_port = distinct_ports(3)
     env = {**(env or os.environ), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     env.pop("RAY_ADDRESS", None)
     # Short and unique: Ray's socket paths under it must stay below the 107-byte Unix socket limit.
@@ -209,12 +228,15 @@ def start_local_cluster(folder: Path, head_cpus: float = 1, head_resources: dict
     cluster = LocalCluster(folder, f"127.0.0.1:{port}", env, f"http://127.0.0.1:{dashboard_port}", temp_dir)
     head = _start(cluster, "head", [
         "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-        "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir),
+        "--ray-client-server-port", str(client_port), "--temp-dir", str(temp_dir),
         *([] if dashboard else ["--include-dashboard=false"]),
-    ], head_cpus, head_resources)
+    ], head_cpus, head_resources, reserved=(port, dashboard_port, client_port))
     cluster.nodes.append(head)
+    deadline = time.monotonic() + timeout
+    while head.proc.poll() is None and not head.started() and time.monotonic() < deadline:
+        time.sleep(0.2)  # its log first: `ray status` is a ~2 s CLI start per try
     try:
-        cluster.wait_nodes(1, timeout)
+        cluster.wait_nodes(1, max(deadline - time.monotonic(), 1.0))
     except BaseException:
         cluster.stop()
         raise

@@ -16,20 +16,21 @@ from optuna.trial import TrialState
 
 from tune_ct.train.memory_kills import KillBook
 
-# Seeded random sampling draws 1024 px first, then 32 px. At 1024 px a batch of ~180 films needs > 5 GB for the
-# first convolution's output alone; at 32 px the trial needs a few MB.
+# Seeded random sampling draws 1024 px first, then 32 px. At 1024 px the forward pass of a batch of 64 films takes
+# > 9 GB (measured), so the monitor kills it within its first layers; at 32 px the trial needs a few MB. (A batch
+# of 256 cost 10 s of single-thread augmentation per attempt before the first layer.)
 SPACE = """description: one image size that fits in memory, one that does not
 search: {metric: val_macro_f1, num_samples: 2, max_concurrent: 1, sampler: random, runner: actor}
 params:
   backbone: baseline_cnn
   image_size: {choice: [32, 1024]}
   lr: 1.0e-3
-  batch_size: 256
+  batch_size: 64
   epochs: 1
 """
 
 
-def test_a_trial_killed_for_memory_is_retried_then_fails_and_the_search_goes_on(tmp_path, data_dir, monkeypatch):
+def test_a_trial_killed_for_memory_is_retried_then_fails_and_the_search_goes_on(tmp_path, dev_films, monkeypatch):
     memory = psutil.virtual_memory()
     threshold = (memory.total - memory.available + 4 * 2**30) / memory.total
     if threshold > 0.9:
@@ -38,7 +39,7 @@ def test_a_trial_killed_for_memory_is_retried_then_fails_and_the_search_goes_on(
     monkeypatch.setenv("RAY_memory_usage_threshold", f"{threshold:.3f}")  # read by the raylet the search starts
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "100")
     (tmp_path / "memory.yaml").write_text(SPACE)
-    proc, summary = run_search_cli(tmp_path, data_dir, "memory.yaml", "--name", "memory", "--scheduler", "none",
+    proc, summary = run_search_cli(tmp_path, dev_films, "memory.yaml", "--name", "memory", "--scheduler", "none",
                                    "--limit-per-class", "64")
 
     study = optuna.load_study(study_name="memory", storage=f"sqlite:///{tmp_path / 'optuna.db'}")

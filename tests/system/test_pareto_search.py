@@ -28,9 +28,9 @@ params:
 """
 
 
-def test_multi_objective_search_registers_the_member_of_the_front_its_rule_picks(tmp_path, data_dir):
+def test_multi_objective_search_registers_the_member_of_the_front_its_rule_picks(tmp_path, dev_films):
     (tmp_path / "pareto.yaml").write_text(SPACE)
-    proc, summary = run_search_cli(tmp_path, data_dir, "pareto.yaml", "--name", "front")
+    proc, summary = run_search_cli(tmp_path, dev_films, "pareto.yaml", "--name", "front")
     objectives = tuple(summary["objectives"].items())
     assert objectives == (("val_macro_f1", "max"), ("cpu_ms_per_film", "min"))
     points, front = summary["trial_points"], summary["pareto_front"]

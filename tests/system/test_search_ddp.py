@@ -35,7 +35,7 @@ def search(tmp_path: Path, data: Path, *extra: str, space: Path = TINY, tracking
     return json.loads(summary.read_text())
 
 
-def test_search_embedded_defaults_one_ddp_trial_at_a_time(tmp_path, data_dir):
+def test_search_embedded_defaults_one_ddp_trial_at_a_time(tmp_path, dev_films):
     """The README's default: local Ray, MLflow on SQLite in ./mlflow.db with artifacts in ./mlartifacts; here with
     two Ray Train workers per trial (DDP), which on 2 CPUs also means one trial at a time."""
     space = yaml.safe_load(TINY.read_text())
@@ -44,7 +44,7 @@ def test_search_embedded_defaults_one_ddp_trial_at_a_time(tmp_path, data_dir):
     space["params"].update(lr=3.0e-3, weight_decay=1.0e-4, batch_size=8, aug_rotation_deg=4.0, aug_crop_scale_min=0.9)
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(space))
     # One trial: a second would be the same fixed recipe again (the two-trial paths are the other tests').
-    summary = search(tmp_path, data_dir, "--max-concurrent", "1", "--num-samples", "1", space=tmp_path / "ddp.yaml")
+    summary = search(tmp_path, dev_films, "--max-concurrent", "1", "--num-samples", "1", space=tmp_path / "ddp.yaml")
     assert summary["best_config"]["lr"] == 3.0e-3 and summary["best_config"]["batch_size"] == 8
     assert summary["optuna_study"] is None and not (tmp_path / "optuna.db").exists()  # nothing to sample: no study
     assert (tmp_path / "mlflow.db").is_file() and any((tmp_path / "mlartifacts").rglob("*.png"))

@@ -142,7 +142,7 @@ def postgres():
 
 
 @pytest.mark.timeout(600)
-def test_postgresql_backend(tmp_path, postgres, data_dir):
+def test_postgresql_backend(tmp_path, postgres, dev_films):
     pytest.importorskip("psycopg2", reason="pip install psycopg2-binary")
     uri_with_password, password = postgres
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri_with_password}
@@ -154,7 +154,7 @@ def test_postgresql_backend(tmp_path, postgres, data_dir):
         assert not (tmp_path / "server" / "mlflow.db").exists()  # really not SQLite
         # A tiny real search tracked by the PostgreSQL-backed server.
         search = subprocess.run(
-            [sys.executable, "-m", "tune_ct.search", "--data", str(data_dir), "--space",
+            [sys.executable, "-m", "tune_ct.search", "--data", str(dev_films), "--space",
              str(REPO / "tests/spaces/tiny.yaml"), "--limit-per-class", "16", "--num-samples", "1",
              "--max-concurrent", "1", "--tracking-uri", uri, "--experiment", "pg", "--register-name", "pg-model",
              "--summary", str(tmp_path / "summary.json")],

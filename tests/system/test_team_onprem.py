@@ -134,7 +134,7 @@ def kill_leftovers(home: Path) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_ray_up_onprem_search_and_ray_down(tmp_path, sshd, data_dir):
+def test_ray_up_onprem_search_and_ray_down(tmp_path, sshd, dev_films):
     key, home = sshd
     if not (Path.home() / ".ray" / "auth_token").exists():
         subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=60)
@@ -153,7 +153,7 @@ def test_ray_up_onprem_search_and_ray_down(tmp_path, sshd, data_dir):
         # Token auth is on: the status and the search go through it.
         ray_cli("exec", str(config), "RAY_AUTH_MODE=token ~/venv/bin/ray status", timeout=120)
         search = (f"cd ~/tune_ct && RAY_AUTH_MODE=token ~/venv/bin/python -m tune_ct.search --address auto "
-                  f"--data {data_dir} --space tests/spaces/tiny.yaml --limit-per-class 16 --num-samples 1 "
+                  f"--data {dev_films} --space tests/spaces/tiny.yaml --limit-per-class 16 --num-samples 1 "
                   f"--max-concurrent 1 --tracking-uri {mlflow_uri} --storage ~/ray_results "
                   "--workdir ~/tune_ct_work --experiment onprem --summary ~/summary.json")
         ray_cli("exec", str(config), search, timeout=480)

@@ -25,9 +25,9 @@ params:
 """
 
 
-def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_study(tmp_path, data_dir):
+def test_trials_running_at_the_time_budget_are_closed_listed_and_told_to_the_study(tmp_path, dev_films):
     (tmp_path / "long.yaml").write_text(SPACE)
-    proc, summary = run_search_cli(tmp_path, data_dir, "long.yaml", "--name", "budget", "--time-budget", "25s",
+    proc, summary = run_search_cli(tmp_path, dev_films, "long.yaml", "--name", "budget", "--time-budget", "25s",
                                    "--scheduler", "none", "--verbose")
     stopped = summary["stopped_by_time_budget"]
     assert stopped and "time budget of 25s reached" in proc.stdout

@@ -22,6 +22,8 @@ def narrower_space(lr_high: float) -> str:
 
 def test_a_warm_started_search_imports_what_fits_and_records_it(tiny_search, tmp_path, data_dir):
     shutil.copy(tiny_search.folder / "optuna.db", tmp_path / "optuna.db")
+    # The first search's locked manifest too, as in the folder it ran in (the whole dev set is not hashed again).
+    shutil.copytree(tiny_search.folder / ".tune_ct" / "manifests", tmp_path / ".tune_ct" / "manifests")
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     source = optuna.load_study(study_name=tiny_search.name, storage=url)
     told = [t for t in source.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
