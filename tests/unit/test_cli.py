@@ -32,3 +32,17 @@ def test_a_command_gets_the_rest_of_the_arguments(capsys):
         main(["data", "--help"])  # argparse of `python -m tune_ct.data` answers, not the dispatcher
     assert exit_.value.code == 0
     assert "python -m tune_ct.data" in capsys.readouterr().out
+
+
+def test_the_search_command_parses_its_flags_without_loading_torch_ray_or_mlflow():
+    """`python -m tune_ct.search --help` and a flag mistake answer at once: the command's module loads torch, timm,
+    Ray and MLflow only once the search runs (they took 5 s of every --help)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tune_ct.commands.search as s\n"
+            "s.parse_args(['--space', 'x.yaml', '--sampler', 'tpe', '--scheduler', 'none'])\n"
+            "print(sorted(m for m in ('torch', 'timm', 'ray', 'mlflow', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

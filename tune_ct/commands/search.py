@@ -15,8 +15,8 @@ from pathlib import Path
 from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_logging, data_settings, exit_on,
                                      quiet_libraries, write_json)
 from tune_ct.data.files import DataError
-from tune_ct.model.networks import PretrainedError
-from tune_ct.registry.models import DEFAULT_REGISTER_NAME
+from tune_ct.model.errors import PretrainedError
+from tune_ct.track.tags import DEFAULT_REGISTER_NAME
 from tune_ct.search.options import SearchOptions
 from tune_ct.search.store_lock import StoreBusyError
 from tune_ct.track.server import TrackingError
@@ -24,9 +24,8 @@ from tune_ct.track.study import StudyError, resolve_storage_url
 from tune_ct.track.uri import resolve_tracking_uri
 from tune_ct.train.resources import ClusterError
 from tune_ct.train.resume import ResumeError
-from tune_ct.train.space import SpaceError, parse_duration
+from tune_ct.train.space import SAMPLERS, SCHEDULERS, SpaceError, parse_duration
 from tune_ct.train.storage import resolve_storage
-from tune_ct.train.tuner import SAMPLERS, SCHEDULERS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

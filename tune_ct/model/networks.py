@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from tune_ct.data.files import CLASSES
+from tune_ct.model.errors import PretrainedError
 from tune_ct.model.preprocess import NORM_LAYERS
 
 BASELINE = "baseline_cnn"
@@ -152,10 +153,6 @@ def _source_channels(backbone: str) -> int:
 
     cfg = get_pretrained_cfg(backbone)
     return int((getattr(cfg, "input_size", None) or (3,))[0])
-
-
-class PretrainedError(ValueError):
-    """A backbone's pretrained weights are neither in the Hugging Face cache nor reachable."""
 
 
 def hub_id(backbone: str) -> str | None:

@@ -26,7 +26,6 @@ from tune_ct.model.checkpoint import CHECKPOINT_FILE, CheckpointMeta, load_check
 from tune_ct.registry.onnx_export import ONNX_FILE
 from tune_ct.track import tags
 
-DEFAULT_REGISTER_NAME = "cxr-classifier"
 WEIGHTS_FILE = CHECKPOINT_FILE  # the checkpoint's model.pt, carried in the model folder (see WEIGHTS_DIRS)
 SEGMENTER_FILE = "lungs.pt"  # a lung_crop model carries its segmenter: it must work on films without masks
 ARTIFACTS_DIR = "artifacts"  # the pyfunc's artifacts (model.pt, lungs.pt, model.onnx): versions from now on

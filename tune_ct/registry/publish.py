@@ -20,7 +20,7 @@ from tune_ct.evaluate.evaluation import Evaluation, TestSet
 from tune_ct.evaluate.full_report import full_report, log_report
 from tune_ct.model.checkpoint import CheckpointMeta
 from tune_ct.model.preprocess import per_film
-from tune_ct.registry.models import DEFAULT_REGISTER_NAME, log_and_register
+from tune_ct.registry.models import log_and_register
 from tune_ct.track import tags
 from tune_ct.track.figures import pyplot, save_figure
 from tune_ct.track.runs import log_json
@@ -47,8 +47,9 @@ class Published:
     registered_version: str | None
 
 
-def publish_best(client, parent_id: str, best: BestModel, prep, register_name: str | None = DEFAULT_REGISTER_NAME,
-                 gallery_per_class: int = 4, seed: int = 0) -> Published:
+def publish_best(client, parent_id: str, best: BestModel, prep,
+                 register_name: str | None = tags.DEFAULT_REGISTER_NAME, gallery_per_class: int = 4,
+                 seed: int = 0) -> Published:
     """Log the full evaluation, Grad-CAM, lung focus and data overview; log and register the model."""
     evaluation = best.evaluation
     report = full_report(evaluation, seed=seed)

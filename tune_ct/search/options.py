@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tune_ct.data.prepare import DataSettings
-from tune_ct.registry.models import DEFAULT_REGISTER_NAME
+from tune_ct.track.tags import DEFAULT_REGISTER_NAME
 
 
 @dataclass(frozen=True)

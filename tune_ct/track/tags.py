@@ -10,6 +10,9 @@ from __future__ import annotations
 
 PREFIX = "tune_ct."
 
+# The registered model a search adds its winner to unless --register-name says otherwise.
+DEFAULT_REGISTER_NAME = "cxr-classifier"
+
 # MLflow's own experiment tag: which view its UI opens an experiment in. tune_ct trains models, so the
 # model-training view (runs, models, metrics per dataset), not the GenAI one (traces, agents).
 EXPERIMENT_KIND = "mlflow.experimentKind"

@@ -99,6 +99,7 @@ class SearchSettings:
 
 RUNNERS = ("auto", "actor", "train")
 SAMPLERS = ("auto", "tpe", "gp", "random")
+SCHEDULERS = ("asha", "none")
 _DURATION = {"s": 1, "m": 60, "h": 3600}
 
 

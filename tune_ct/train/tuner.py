@@ -11,8 +11,6 @@ from tune_ct.train.settings import TrialSettings
 from tune_ct.train.space import Space
 
 log = logging.getLogger(__name__)
-SAMPLERS = ("auto", "tpe", "gp", "random")
-SCHEDULERS = ("asha", "none")
 GP_MAX_TRIALS = 32  # GPSampler's fit grows with the trials (cubic): beyond this budget TPE is the choice
 TRIAL_RETRIES = 1  # Tune's failure policy: an errored trial (or one killed for memory) is retried once
 
