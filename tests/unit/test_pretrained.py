@@ -119,7 +119,7 @@ def test_the_search_check_passes_with_a_cache_or_a_weights_file(tmp_path):
     check = """
         from pathlib import Path
         import yaml
-        from tune_ct.search.plan import check_pretrained
+        from tune_ct.search.checks import check_pretrained
         from tune_ct.train.space import load_space
         Path("%s").write_text(yaml.safe_dump({"params": {"backbone": "resnet10t", "pretrained": {"choice": [True, False]}}}))
         check_pretrained(load_space("%s"), %s)

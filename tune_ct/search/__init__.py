@@ -2,7 +2,8 @@
 tested once on the locked split and published, one SearchSummary that every output reads.
 
     options.py   SearchOptions: what the command line asked for
-    plan.py      SearchPlan: checks before any compute, the data, the study, the selection set, the segmenter
+    checks.py    the checks that write nothing (space, metric, weights, tracking server), before torch and Ray load
+    plan.py      SearchPlan: the data, the study, the selection set, the segmenter
     cluster.py   Ray started, the plan fitted to the cluster's resources
     trials.py    the parent run opened, the caches built, the Tuner built and run
     results.py   what the trials gave: study settled, orphaned runs closed, the winner (or Pareto pick)

@@ -20,6 +20,7 @@ from tune_ct.search.plan import SearchPlan
 from tune_ct.search.results import Outcome
 from tune_ct.search.summary import SearchSummary
 from tune_ct.search.trials import ParentRun, TrialsRun
+from tune_ct.train.space import Space
 from tune_ct.train.stop_signals import StopHandlers
 
 
@@ -30,13 +31,13 @@ class Finished:
     late_signal: int | None = None  # a stop signal that came during the final test and registration
 
 
-def run_search(options: SearchOptions) -> Finished:
-    from tune_ct.search.plan import check_before_compute, plan_search, prepare_data
+def run_search(options: SearchOptions, space: Space, started: float) -> Finished:
+    """The search, once `tune_ct.search.checks.check_before_compute` has passed and given the space (`started`:
+    the command's start, time.monotonic())."""
+    from tune_ct.search.plan import plan_search, prepare_data
     from tune_ct.search.store_lock import one_search_per_store
     from tune_ct.track.uri import connect
 
-    started = time.monotonic()
-    space = check_before_compute(options)  # a mistake fails here, having written nothing
     with one_search_per_store(options.tracking_uri, options.optuna_storage, options.argv):
         data = prepare_data(options.data)  # the manifest: a missing or empty dataset fails here
         client = connect(options.tracking_uri)  # the first write to the tracking store

@@ -2,7 +2,7 @@
 of GPUs, and frozen once built (`fit_to_cluster` in tune_ct.search.cluster gives a new plan with the cluster's
 share filled in).
 
-Order: the space, the selection metric, pretrained weights, the tracking server; then the data (manifest and the
+Order: the checks that write nothing (tune_ct.search.checks, run first); then the data (manifest and the
 train/val list), the search's name (and on --resume its parent run), the Optuna study, the --select-on films and
 the lung segmenter.
 """
@@ -10,7 +10,6 @@ the lung segmenter.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from tune_ct.data.prepare import DataSettings, Prepared, prepare
 from tune_ct.data.workdir import WorkFolder
 from tune_ct.search.options import SearchOptions
 from tune_ct.track import tags
-from tune_ct.train.space import EXTERNAL_METRICS, Space, SpaceError, load_space, parse_duration
+from tune_ct.train.space import Space, SpaceError, parse_duration
 from tune_ct.train.tuner import Sampler, resolve_sampler
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,6 @@ class SearchPlan:
     @property
     def work(self) -> WorkFolder:
         return self.options.data.work
-
-
-def check_before_compute(options: SearchOptions) -> Space:
-    """Every check that writes nothing: the space, the selection metric, pretrained weights, the tracking server."""
-    space = load_space(options.space)  # every space mistake fails here, before any compute
-    check_selection_metric(space, options)
-    check_pretrained(space, options.weights)  # weights neither cached nor reachable fail here
-    check_tracking(options.tracking_uri)  # a dead or credential-rejecting server fails here
-    return space
 
 
 def plan_search(options: SearchOptions, space: Space, data: Prepared, client) -> SearchPlan:
@@ -124,35 +114,6 @@ def study_identity(options: SearchOptions, space: Space, data: Prepared, select_
             "tune_ct.seed": options.data.seed if limit else None, "tune_ct.objectives": [list(o) for o in space.objectives],
             "tune_ct.select_on_hash": select_on.films.content_hash if select_on else None,
             "tune_ct.held_out": sorted(data.held_out)}
-
-
-def check_selection_metric(space: Space, options: SearchOptions) -> None:
-    if space.metric in EXTERNAL_METRICS and not options.select_on:
-        raise SpaceError(f"{space.path}: search.metric {space.metric} scores films from other sources: pass "
-                         "--select-on DIR (a labelled folder, as for evaluate --external), or use val_macro_f1")
-
-
-def check_pretrained(space: Space, weights: dict[str, str]) -> None:
-    """Every backbone a trial may build with `pretrained: true` has its timm weights in the Hugging Face cache,
-    fetched now when the hub is reachable (trials then load them from the cache); a --weights file wins."""
-    if True not in space.finite_values("pretrained"):
-        return
-    from tune_ct.model.networks import pretrained_weights
-
-    for backbone in space.finite_values("backbone"):
-        if backbone not in weights:
-            path = pretrained_weights(backbone)
-            log.info(f"pretrained weights of {backbone}: {path or 'none in timm (trains from scratch)'}")
-
-
-def check_tracking(uri: str) -> None:
-    from tune_ct.track.server import check_tracking_uri
-
-    check_tracking_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        # Fail a log call within ~15 s instead of MLflow's minutes of backoff: TrialTracker queues and retries it.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 def prepare_data(settings: DataSettings) -> Prepared:
