@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_logging, data_settings, exit_on,
@@ -18,7 +17,6 @@ from tune_ct.commands.common import (add_data_args, add_tracking_arg, console_lo
 from tune_ct.data.files import DataError
 from tune_ct.model.errors import PretrainedError
 from tune_ct.track.tags import DEFAULT_REGISTER_NAME
-from tune_ct.search.checks import check_before_compute
 from tune_ct.search.options import SearchOptions
 from tune_ct.search.store_lock import StoreBusyError
 from tune_ct.track.server import TrackingError
@@ -118,14 +116,12 @@ def options_from(args: argparse.Namespace, argv: list[str]) -> SearchOptions:
 def search(options: SearchOptions) -> int:
     """0: searched, tested, registered; 128 + N: stopped by signal N (the resume command was printed, or the
     signal came during the final test and registration, which finished)."""
-    started = time.monotonic()
-    space = check_before_compute(options)  # a mistake fails here in about a second: torch, Ray, MLflow load below
     from tune_ct.search.console import print_late_stop, print_outcome
     from tune_ct.search.pipeline import run_search
     from tune_ct.train.stop_signals import Stopped, stopped_by
 
     try:
-        finished = run_search(options, space, started)
+        finished = run_search(options)
     except KeyboardInterrupt as exc:
         return stopped_by(exc).exit_status
     print_outcome(finished.summary)

@@ -1,6 +1,7 @@
 """The checks a search runs before anything is written or computed: the space, the selection metric, pretrained
-weights, the tracking server. This module imports nothing heavy, so that a mistake is reported in about a second,
-before torch, timm, Ray and MLflow load (the command runs these first, then imports the search itself).
+weights, the tracking server. This module imports nothing heavy, so that a mistake is reported in seconds,
+before Ray and MLflow load (run_search runs these first; tune_ct.search.pipeline imports the rest of the
+search only after them). Checking the space's backbone names loads timm.
 """
 
 from __future__ import annotations

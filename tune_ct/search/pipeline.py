@@ -13,15 +13,18 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tune_ct.registry.publish import BestModel, Published
+from tune_ct.search.checks import check_before_compute
 from tune_ct.search.options import SearchOptions
-from tune_ct.search.plan import SearchPlan
-from tune_ct.search.results import Outcome
-from tune_ct.search.summary import SearchSummary
-from tune_ct.search.trials import ParentRun, TrialsRun
-from tune_ct.train.space import Space
-from tune_ct.train.stop_signals import StopHandlers
+
+if TYPE_CHECKING:  # imported where they run: a mistake is reported before torch, Ray and MLflow load
+    from tune_ct.registry.publish import BestModel, Published
+    from tune_ct.search.plan import SearchPlan
+    from tune_ct.search.results import Outcome
+    from tune_ct.search.summary import SearchSummary
+    from tune_ct.search.trials import ParentRun, TrialsRun
+    from tune_ct.train.stop_signals import StopHandlers
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,9 @@ class Finished:
     late_signal: int | None = None  # a stop signal that came during the final test and registration
 
 
-def run_search(options: SearchOptions, space: Space, started: float) -> Finished:
-    """The search, once `tune_ct.search.checks.check_before_compute` has passed and given the space (`started`:
-    the command's start, time.monotonic())."""
+def run_search(options: SearchOptions) -> Finished:
+    started = time.monotonic()
+    space = check_before_compute(options)  # a mistake fails here in about a second, having loaded and written nothing
     from tune_ct.search.plan import plan_search, prepare_data
     from tune_ct.search.store_lock import one_search_per_store
     from tune_ct.track.uri import connect
@@ -118,6 +121,7 @@ def selection_of(plan: SearchPlan, outcome: Outcome) -> dict:
 def summarize(plan: SearchPlan, parent: ParentRun, trials: TrialsRun, outcome: Outcome, tested: BestModel,
               published: Published, started: float, held_out: dict | None = None) -> SearchSummary:
     from tune_ct.search.final_test import origin_roles
+    from tune_ct.search.summary import SearchSummary
     from tune_ct.train.pareto import front_summary
 
     best, tracker, data = outcome.best, trials.tracker, plan.data
