@@ -2,7 +2,7 @@
 tested once on the locked split and published, one SearchSummary that every output reads.
 
     options.py   SearchOptions: what the command line asked for
-    checks.py    the checks that write nothing (space, metric, weights, tracking server), before torch and Ray load
+    checks.py    the checks that write nothing (space, metric, weights, tracking server), before Ray and MLflow load
     plan.py      SearchPlan: the data, the study, the selection set, the segmenter
     cluster.py   Ray started, the plan fitted to the cluster's resources
     trials.py    the parent run opened, the caches built, the Tuner built and run

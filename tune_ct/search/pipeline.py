@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from tune_ct.search.checks import check_before_compute
 from tune_ct.search.options import SearchOptions
 
-if TYPE_CHECKING:  # imported where they run: a mistake is reported before torch, Ray and MLflow load
+if TYPE_CHECKING:  # imported where they run: a mistake is reported before Ray and MLflow load
     from tune_ct.registry.publish import BestModel, Published
     from tune_ct.search.plan import SearchPlan
     from tune_ct.search.results import Outcome
@@ -36,7 +36,7 @@ class Finished:
 
 def run_search(options: SearchOptions) -> Finished:
     started = time.monotonic()
-    space = check_before_compute(options)  # a mistake fails here in about a second, having loaded and written nothing
+    space = check_before_compute(options)  # a mistake fails here in seconds, before Ray and MLflow load
     from tune_ct.search.plan import plan_search, prepare_data
     from tune_ct.search.store_lock import one_search_per_store
     from tune_ct.track.uri import connect
